@@ -1,0 +1,131 @@
+"""Render a Gaussian model from one camera through ``diff_gaussian_rasterization``.
+
+:func:`render` is the one entry point used by training, evaluation, ``render.py`` and the
+viewers. It works for plain 3DGS models and for FLAME-bound models alike: both expose world-space
+``get_xyz``, ``get_scaling``, ``get_rotation``, ``get_opacity`` and ``get_features``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import torch
+
+__all__ = ["render", "build_covariance_3d", "quaternion_to_matrix_wxyz"]
+
+
+def quaternion_to_matrix_wxyz(q: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(N, 3, 3)`` from (not necessarily normalised) wxyz quaternions ``(N, 4)``."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def build_covariance_3d(scales: torch.Tensor, rotations: torch.Tensor, scaling_modifier: float = 1.0) -> torch.Tensor:
+    """Packed upper triangle ``(N, 6)`` = (xx, xy, xz, yy, yz, zz) of ``R S S^T R^T``.
+
+    ``scales`` are linear (already exponentiated) world scales, ``rotations`` wxyz quaternions;
+    this is the layout ``cov3D_precomp`` expects."""
+    m = quaternion_to_matrix_wxyz(rotations) * (scales * scaling_modifier).unsqueeze(-2)
+    cov = m @ m.transpose(-1, -2)
+    return torch.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 0, 2], cov[:, 1, 1], cov[:, 1, 2], cov[:, 2, 2]], dim=-1)
+
+
+def _python_colors(viewpoint_camera: Any, pc: Any, means3D: torch.Tensor) -> torch.Tensor:
+    """View-dependent RGB from the SH coefficients, evaluated in PyTorch (SPEC 6 colour rule)."""
+    from utils.sh_utils import eval_sh
+
+    features = pc.get_features  # (N, (D+1)^2, 3)
+    shs_view = features.transpose(1, 2).reshape(features.shape[0], 3, -1)
+    campos = viewpoint_camera.camera_center.to(device=means3D.device, dtype=means3D.dtype)
+    dirs = means3D - campos.reshape(1, 3)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rgb = eval_sh(pc.active_sh_degree, shs_view, dirs)
+    return torch.clamp_min(rgb + 0.5, 0.0)
+
+
+def _camera_principal_point(cam: Any) -> tuple:
+    """``(cx, cy)`` in pixels, or ``(None, None)`` for a centred camera without them."""
+    cx = getattr(cam, "cx", None)
+    cy = getattr(cam, "cy", None)
+    return (None if cx is None else float(cx)), (None if cy is None else float(cy))
+
+
+def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
+           scaling_modifier: float = 1.0, override_color: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Rasterize ``pc`` as seen by ``viewpoint_camera``.
+
+    Returns ``{"render": (3,H,W), "viewspace_points": means2D, "visibility_filter": radii > 0,
+    "radii": radii}``. ``means2D`` is a zero tensor that requires grad while autograd is on; after
+    ``backward()`` its ``.grad`` holds the screen-space position gradient used for densification.
+    ``bg_color`` must be a tensor of 3 values; it is moved to the model's device.
+    """
+    from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
+
+    means3D = pc.get_xyz
+    device = means3D.device
+    track_grad = torch.is_grad_enabled()
+    screenspace_points = torch.zeros_like(means3D, requires_grad=track_grad)
+    if track_grad and not screenspace_points.is_leaf:
+        screenspace_points.retain_grad()
+
+    tanfovx = math.tan(float(viewpoint_camera.FoVx) * 0.5)
+    tanfovy = math.tan(float(viewpoint_camera.FoVy) * 0.5)
+    cx, cy = _camera_principal_point(viewpoint_camera)
+    to_dev = dict(device=device, dtype=torch.float32)
+    settings = GaussianRasterizationSettings(
+        image_height=int(viewpoint_camera.image_height),
+        image_width=int(viewpoint_camera.image_width),
+        tanfovx=tanfovx,
+        tanfovy=tanfovy,
+        bg=torch.as_tensor(bg_color).to(**to_dev),
+        scale_modifier=float(scaling_modifier),
+        viewmatrix=viewpoint_camera.world_view_transform.to(**to_dev),
+        projmatrix=viewpoint_camera.full_proj_transform.to(**to_dev),
+        sh_degree=int(pc.active_sh_degree),
+        campos=torch.as_tensor(viewpoint_camera.camera_center).to(**to_dev),
+        prefiltered=False,
+        debug=bool(getattr(pipe, "debug", False)),
+        cx=cx,
+        cy=cy,
+        backend=getattr(pipe, "backend", "auto"),
+    )
+    rasterizer = GaussianRasterizer(raster_settings=settings)
+
+    opacity = pc.get_opacity
+    scales = rotations = cov3D_precomp = None
+    if getattr(pipe, "compute_cov3D_python", False):
+        cov3D_precomp = build_covariance_3d(pc.get_scaling, pc.get_rotation, scaling_modifier)
+    else:
+        scales = pc.get_scaling
+        rotations = pc.get_rotation
+
+    shs = colors_precomp = None
+    if override_color is not None:
+        colors_precomp = override_color.to(device)
+    elif getattr(pipe, "convert_SHs_python", False):
+        colors_precomp = _python_colors(viewpoint_camera, pc, means3D)
+    else:
+        shs = pc.get_features
+
+    rendered_image, radii = rasterizer(
+        means3D=means3D,
+        means2D=screenspace_points,
+        shs=shs,
+        colors_precomp=colors_precomp,
+        opacities=opacity,
+        scales=scales,
+        rotations=rotations,
+        cov3D_precomp=cov3D_precomp,
+    )
+    return {
+        "render": rendered_image,
+        "viewspace_points": screenspace_points,
+        "visibility_filter": radii > 0,
+        "radii": radii,
+    }

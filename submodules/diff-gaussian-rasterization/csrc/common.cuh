@@ -1,0 +1,172 @@
+// Shared definitions of the tile rasterizer (forward and backward).
+//
+// Conventions (see docs/SPEC.md section 6 and docs/DESIGN.md):
+//  * 4x4 matrices are row-major arrays of the transposed matrix: a point p (row vector)
+//    maps to [p, 1] @ M, so component j is M[0*4+j] x + M[1*4+j] y + M[2*4+j] z + M[3*4+j].
+//  * Pixel centres are at integer coordinates; ndc maps to pixels through ((ndc + 1) W - 1) / 2.
+//  * 16x16 pixel tiles; per-splat colour = real SH (degree <= 3) + 0.5 clamped at 0.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace gsr {
+
+constexpr int kTile = 16;                 // tile side in pixels
+constexpr int kBlock = kTile * kTile;     // threads per tile block (= splats per shared batch)
+constexpr float kNearCull = 0.2f;         // splats with view depth <= this are culled
+constexpr float kDilation = 0.3f;         // px^2 added to the 2D covariance diagonal
+constexpr float kMaxAlpha = 0.99f;
+constexpr float kMinAlpha = 1.0f / 255.0f;
+constexpr float kMinT = 1e-4f;
+
+// Camera and frame parameters, passed by value to every kernel.
+struct Camera {
+    const float* view;          // (16,) device pointers (read through the read-only cache)
+    const float* proj;
+    const float* campos;        // (3,)
+    const float* bg;            // (3,)
+    float focal_x, focal_y;
+    float lim_x_lo, lim_x_hi;   // clamp range of x/z for the EWA Jacobian
+    float lim_y_lo, lim_y_hi;   // clamp range of y/z
+    float scale_modifier;
+    int width, height;
+    int tiles_x, tiles_y;
+    int sh_degree;              // active degree
+    int sh_coeffs;              // coefficients stored per splat (M of the (N, M, 3) tensor)
+};
+
+// Real spherical-harmonics constants (degree 0..3).
+__device__ constexpr float kSH0 = 0.28209479177387814f;
+__device__ constexpr float kSH1 = 0.4886025119029199f;
+__device__ constexpr float kSH2[5] = {1.0925484305920792f, -1.0925484305920792f, 0.31539156525252005f,
+                                      -1.0925484305920792f, 0.5462742152960396f};
+__device__ constexpr float kSH3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457994644658f,
+                                      0.3731763325901154f, -0.4570457994644658f, 1.445305721320277f,
+                                      -0.5900435899266435f};
+
+__device__ __forceinline__ float3 view_point(const Camera& c, float3 p) {
+    float m[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) m[i] = __ldg(c.view + i);
+    return make_float3(m[0] * p.x + m[4] * p.y + m[8] * p.z + m[12],
+                       m[1] * p.x + m[5] * p.y + m[9] * p.z + m[13],
+                       m[2] * p.x + m[6] * p.y + m[10] * p.z + m[14]);
+}
+
+__device__ __forceinline__ float4 proj_point(const Camera& c, float3 p) {
+    float m[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) m[i] = __ldg(c.proj + i);
+    return make_float4(m[0] * p.x + m[4] * p.y + m[8] * p.z + m[12],
+                       m[1] * p.x + m[5] * p.y + m[9] * p.z + m[13],
+                       m[2] * p.x + m[6] * p.y + m[10] * p.z + m[14],
+                       m[3] * p.x + m[7] * p.y + m[11] * p.z + m[15]);
+}
+
+__device__ __forceinline__ float ndc_to_pixel(float v, int size) {
+    return ((v + 1.0f) * size - 1.0f) * 0.5f;
+}
+
+// Rotation matrix (row-major r[3][3]) of the quaternion q = (w, x, y, z), used as given
+// (no normalisation here, as in the original rasterizer: models pass normalised quaternions).
+__device__ __forceinline__ void quat_to_rot(float4 q, float r[9]) {
+    const float w = q.x, x = q.y, y = q.z, z = q.w;
+    r[0] = 1.f - 2.f * (y * y + z * z); r[1] = 2.f * (x * y - w * z);       r[2] = 2.f * (x * z + w * y);
+    r[3] = 2.f * (x * y + w * z);       r[4] = 1.f - 2.f * (x * x + z * z); r[5] = 2.f * (y * z - w * x);
+    r[6] = 2.f * (x * z - w * y);       r[7] = 2.f * (y * z + w * x);       r[8] = 1.f - 2.f * (x * x + y * y);
+}
+
+// Sigma = R diag(s)^2 R^T, stored as (xx, xy, xz, yy, yz, zz).
+__device__ __forceinline__ void cov3d_from_scale_rot(float3 s, float4 q, float cov[6]) {
+    float r[9];
+    quat_to_rot(q, r);
+    float m[9];  // M = R diag(s)
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+        m[i * 3 + 0] = r[i * 3 + 0] * s.x;
+        m[i * 3 + 1] = r[i * 3 + 1] * s.y;
+        m[i * 3 + 2] = r[i * 3 + 2] * s.z;
+    }
+    cov[0] = m[0] * m[0] + m[1] * m[1] + m[2] * m[2];
+    cov[1] = m[0] * m[3] + m[1] * m[4] + m[2] * m[5];
+    cov[2] = m[0] * m[6] + m[1] * m[7] + m[2] * m[8];
+    cov[3] = m[3] * m[3] + m[4] * m[4] + m[5] * m[5];
+    cov[4] = m[3] * m[6] + m[4] * m[7] + m[5] * m[8];
+    cov[5] = m[6] * m[6] + m[7] * m[7] + m[8] * m[8];
+}
+
+// Rows T0, T1 of T = J W (J: EWA Jacobian at the clamped mean, W: view rotation).
+struct EwaJacobian {
+    float t0[3], t1[3];
+    float j00, j02, j11, j12;
+    float tx, ty, tz;          // clamped camera-space mean used in J
+    bool clamped_x, clamped_y;
+};
+
+__device__ __forceinline__ EwaJacobian ewa_jacobian(const Camera& c, float3 t) {
+    EwaJacobian e;
+    const float rx = t.x / t.z, ry = t.y / t.z;
+    e.clamped_x = rx < c.lim_x_lo || rx > c.lim_x_hi;
+    e.clamped_y = ry < c.lim_y_lo || ry > c.lim_y_hi;
+    e.tz = t.z;
+    e.tx = fminf(c.lim_x_hi, fmaxf(c.lim_x_lo, rx)) * t.z;
+    e.ty = fminf(c.lim_y_hi, fmaxf(c.lim_y_lo, ry)) * t.z;
+    const float iz = 1.0f / t.z;
+    e.j00 = c.focal_x * iz;
+    e.j11 = c.focal_y * iz;
+    e.j02 = -c.focal_x * e.tx * iz * iz;
+    e.j12 = -c.focal_y * e.ty * iz * iz;
+    const float* v = c.view;  // W(j, k) = v[4k + j] (device memory, read once per splat)
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+        e.t0[k] = e.j00 * v[4 * k + 0] + e.j02 * v[4 * k + 2];
+        e.t1[k] = e.j11 * v[4 * k + 1] + e.j12 * v[4 * k + 2];
+    }
+    return e;
+}
+
+__device__ __forceinline__ void sym_mul(const float s[6], const float v[3], float out[3]) {
+    out[0] = s[0] * v[0] + s[1] * v[1] + s[2] * v[2];
+    out[1] = s[1] * v[0] + s[3] * v[1] + s[4] * v[2];
+    out[2] = s[2] * v[0] + s[4] * v[1] + s[5] * v[2];
+}
+
+// Tile rectangle [rmin, rmax) covered by a square of half-side r around p (in tile units).
+__device__ __forceinline__ void tile_rect(const Camera& c, float2 p, float r, int2& rmin, int2& rmax) {
+    const float gx = (float)c.tiles_x, gy = (float)c.tiles_y;
+    rmin.x = (int)fminf(gx, fmaxf(0.f, (p.x - r) / kTile));
+    rmin.y = (int)fminf(gy, fmaxf(0.f, (p.y - r) / kTile));
+    rmax.x = (int)fminf(gx, fmaxf(0.f, (p.x + r + kTile - 1) / kTile));
+    rmax.y = (int)fminf(gy, fmaxf(0.f, (p.y + r + kTile - 1) / kTile));
+}
+
+// Evaluate the SH basis (up to `deg`) in direction d (unit vector): out[k] for k < (deg+1)^2.
+__device__ __forceinline__ void sh_basis(int deg, float x, float y, float z, float b[16]) {
+    b[0] = kSH0;
+    if (deg < 1) return;
+    b[1] = -kSH1 * y; b[2] = kSH1 * z; b[3] = -kSH1 * x;
+    if (deg < 2) return;
+    const float xx = x * x, yy = y * y, zz = z * z;
+    b[4] = kSH2[0] * x * y;
+    b[5] = kSH2[1] * y * z;
+    b[6] = kSH2[2] * (2.f * zz - xx - yy);
+    b[7] = kSH2[3] * x * z;
+    b[8] = kSH2[4] * (xx - yy);
+    if (deg < 3) return;
+    b[9] = kSH3[0] * y * (3.f * xx - yy);
+    b[10] = kSH3[1] * x * y * z;
+    b[11] = kSH3[2] * y * (4.f * zz - xx - yy);
+    b[12] = kSH3[3] * z * (2.f * zz - 3.f * xx - 3.f * yy);
+    b[13] = kSH3[4] * x * (4.f * zz - xx - yy);
+    b[14] = kSH3[5] * z * (xx - yy);
+    b[15] = kSH3[6] * x * (xx - 3.f * yy);
+}
+
+__host__ __device__ __forceinline__ int num_bits(uint32_t v) {
+    int n = 0;
+    while (v) { ++n; v >>= 1; }
+    return n;
+}
+
+}  // namespace gsr

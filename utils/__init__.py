@@ -1,0 +1,1 @@
+"""Shared helpers: losses, metrics, geometry, file I/O."""
