@@ -1,0 +1,66 @@
+// Host-side launchers of the tile rasterizer kernels (no torch types: the bindings own buffers).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+namespace gsr {
+
+// Per-splat inputs of the preprocess step (null pointers for absent inputs).
+struct SplatInputs {
+    int n;
+    const float* means;       // (N, 3)
+    const float* scales;      // (N, 3) or null when cov3D is given
+    const float* rotations;   // (N, 4) or null
+    const float* cov3D;       // (N, 6) or null
+    const float* opacities;   // (N,)
+    const float* shs;         // (N, M, 3) or null when colors is given
+    const float* colors;      // (N, 3) or null
+};
+
+// Screen-space state produced by the preprocess step (kept for the backward pass).
+struct SplatState {
+    float2* xy;               // pixel-space means
+    float* depth;             // view depth
+    float4* conic_opacity;    // (conic xx, xy, yy, opacity)
+    float* rgb;               // (N, 3) colours
+    int* radii;               // 0 = culled
+    int64_t* tiles_touched;   // then inclusive prefix sum in `offsets`
+};
+
+void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, cudaStream_t s);
+size_t scan_temp_bytes(int n);
+void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, int n, cudaStream_t s);
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets,
+                      uint64_t* keys, int32_t* values, cudaStream_t s);
+size_t sort_temp_bytes(int64_t count, int end_bit);
+void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys_out,
+                const int32_t* vals_in, int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
+void launch_tile_ranges(int64_t count, const uint64_t* keys, int64_t* ranges, cudaStream_t s);
+void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
+                           const SplatState& st, float* out_color, float* final_T, int32_t* n_contrib,
+                           cudaStream_t s);
+
+// Backward.
+struct SplatGrads {
+    float* means3D;   // (N, 3)
+    float* means2D;   // (N, 3): dL/dndc in x, y; z = 0
+    float* opacities; // (N,)
+    float* colors;    // (N, 3) or null (only when colours were precomputed)
+    float* cov3D;     // (N, 6) or null (only when cov3D was precomputed)
+    float* shs;       // (N, M, 3) or null
+    float* scales;    // (N, 3) or null
+    float* rotations; // (N, 4) or null
+};
+
+// accum: (N, 3) float4 = [dmean2D.x, dmean2D.y, dopacity, -], [dconic xx, xy, yy, -], [dr, dg, db, -]
+void launch_render_backward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
+                            const SplatState& st, const float* final_T, const int32_t* n_contrib,
+                            const float* dL_dpixels, float4* accum, cudaStream_t s);
+void launch_preprocess_backward(const Camera& cam, const SplatInputs& in, const int* radii,
+                                const float4* accum, const SplatGrads& g, cudaStream_t s);
+
+}  // namespace gsr
