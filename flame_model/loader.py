@@ -36,7 +36,12 @@ class FlameAssetError(FileNotFoundError):
 
 
 class ChumpyStandIn:
-    """Stand-in for any ``chumpy`` class: stores the pickled state, converts to an ndarray."""
+    """Stand-in for any ``chumpy`` class: stores the pickled state, converts to an ndarray.
+
+    (Unpickling may create instances with ``__new__`` only, so defaults are class attributes.)"""
+
+    _args: tuple = ()
+    _state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args = args
@@ -73,9 +78,11 @@ class ChumpyStandIn:
 class SparseStandIn:
     """Stand-in for scipy sparse matrices: rebuilt from state on the installed scipy version."""
 
+    _fmt = ""
+    _state: Any = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._state: Any = None
-        self._fmt = kwargs.get("fmt", "")
+        self._state = None
 
     def __setstate__(self, state: Any) -> None:
         self._state = state
@@ -104,8 +111,7 @@ class SparseStandIn:
 
 
 def _make_sparse_cls(fmt: str) -> type:
-    return type(f"SparseStandIn_{fmt}", (SparseStandIn,),
-                {"__init__": lambda self, *a, **k: SparseStandIn.__init__(self, fmt=fmt)})
+    return type(f"SparseStandIn_{fmt}", (SparseStandIn,), {"_fmt": fmt})
 
 
 _SPARSE_CLASSES = {f"{fmt}_matrix": _make_sparse_cls(fmt) for fmt in ("csc", "csr", "coo")}
@@ -137,6 +143,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module in ("builtins", "__builtin__") and name in _BUILTINS_ALLOWED:
             import builtins
             return getattr(builtins, name)
+        if module == "_codecs" and name == "encode":  # protocol-2 pickles of bytes written by Python 3
+            import _codecs
+            return _codecs.encode
         if module in ("copyreg", "copy_reg") and name == "_reconstructor":
             import copyreg
             return copyreg._reconstructor

@@ -39,6 +39,8 @@ def _to_chw_uint8(image: Any) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be uint8 (H,W,3), got {image.dtype} {image.shape}")
+        if not image.flags.writeable:
+            image = image.copy()
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
@@ -109,7 +111,7 @@ class Camera:
                                  f"{self.image_width}x{self.image_height}")
             self.image_uint8 = _place(img, self.data_device)
         if alpha_mask is not None:
-            a = torch.as_tensor(np.asarray(alpha_mask) if isinstance(alpha_mask, np.ndarray) else alpha_mask)
+            a = torch.from_numpy(np.array(alpha_mask)) if isinstance(alpha_mask, np.ndarray) else alpha_mask
             if a.dtype != torch.uint8:
                 raise ValueError(f"{image_name}: alpha mask must be uint8, got {a.dtype}")
             a = a.reshape(1, self.image_height, self.image_width)

@@ -45,3 +45,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
             item.add_marker(skip_cuda)
         if "gui" in item.keywords and not has_display:
             item.add_marker(skip_gui)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared, session-scoped assets (generated once per test run: they take seconds, not minutes)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def flame_assets(tmp_path_factory):
+    """The procedural FLAME-format head (flame2023.pkl, FLAME_masks.pkl, OBJ, texture).
+
+    Also points ``FLAME_MODEL_PATH`` / ``FLAME_MASKS_PATH`` at it for the whole session, as a
+    user with the procedural head would."""
+    from flame_model.procedural import write_assets
+
+    out = tmp_path_factory.mktemp("flame")
+    write_assets(out, seed=0)
+    os.environ["FLAME_MODEL_PATH"] = str(out / "flame2023.pkl")
+    os.environ["FLAME_MASKS_PATH"] = str(out / "FLAME_masks.pkl")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_subject(flame_assets, tmp_path_factory):
+    """A small synthetic NeRSemble-format subject (16 cameras, 6 timesteps, 96x66)."""
+    from scene.synthetic import main as synth_main
+
+    out = tmp_path_factory.mktemp("subject")
+    synth_main(["--out", str(out), "--flame_dir", str(flame_assets), "--width", "96", "--height", "66",
+                "--num_cameras", "16", "--num_timesteps", "6", "--seed", "0", "--device", "cpu", "--quiet"])
+    return out

@@ -31,21 +31,24 @@ class ImageWriteError(RuntimeError):
 
 
 def to_hwc_uint8(image: Any) -> np.ndarray:
-    """Turn a (H, W, C) uint8 array/tensor, a (C, H, W) uint8 tensor or a float image in [0, 1]
-    (either layout) into a contiguous (H, W, C) uint8 array. Floats are rounded like
-    ``torchvision.utils.save_image`` (x * 255 + 0.5, clamped, truncated)."""
-    if hasattr(image, "detach"):  # torch tensor
-        image = image.detach()
-        if image.device.type != "cpu":
-            image = image.cpu()
-        image = image.numpy()
-    arr = np.asarray(image)
+    """Turn an image into a contiguous (H, W, C) uint8 array.
+
+    Torch tensors follow the torch layout (C, H, W); NumPy arrays the image layout (H, W, C).
+    Floats in [0, 1] are rounded like ``torchvision.utils.save_image`` (x * 255 + 0.5, clamped,
+    truncated)."""
+    if hasattr(image, "detach"):  # torch tensor, (C, H, W) or (H, W)
+        t = image.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if t.dim() == 3:
+            t = t.permute(1, 2, 0)
+        arr = t.numpy()
+    else:
+        arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.ndim != 3:
-        raise ValueError(f"expected an image with 2 or 3 dimensions, got shape {arr.shape}")
-    if arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-        arr = np.transpose(arr, (1, 2, 0))  # CHW -> HWC
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image with 1, 3 or 4 channels, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         arr = np.clip(arr.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:

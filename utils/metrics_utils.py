@@ -1,6 +1,7 @@
 """Image-quality metrics for evaluation: PSNR, SSIM and LPIPS (VGG).
 
-* PSNR: ``20 log10(1 / sqrt(MSE))`` per image, the MSE over all pixels and channels of [0, 1] images.
+* PSNR: :func:`utils.image_utils.psnr`, ``20 log10(1 / sqrt(MSE))`` per image, the MSE over all
+  pixels and channels of [0, 1] images (floored at 1e-10: identical images score 100 dB).
 * SSIM: the training SSIM of :mod:`utils.loss_utils` (11x11 Gaussian window, sigma 1.5,
   C1 = 0.01^2, C2 = 0.03^2, zero padding, mean over the whole map), applied per image.
 * LPIPS: the ``lpips`` package with ``net='vgg'`` (version 0.1 linear layers, which ship inside the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -53,25 +55,28 @@ def _as_batch(img: torch.Tensor) -> torch.Tensor:
     return img
 
 
-def psnr_per_image(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
-    """PSNR of each image pair: (B,) from (B, C, H, W) (or (C, H, W) -> (1,)) in [0, 1].
-
-    Identical images give +inf."""
+def _pair(img1: torch.Tensor, img2: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = _as_batch(img1), _as_batch(img2)
     if a.shape != b.shape:
-        raise ValueError(f"PSNR needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
-    return (20.0 * torch.log10(1.0 / torch.sqrt(mse))).float()
+        raise ValueError(f"{what} needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a, b
+
+
+def psnr_per_image(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
+    """PSNR of each image pair (:func:`utils.image_utils.psnr`): (B,) float64 from (B, C, H, W)
+    (or (C, H, W) -> (1,)) in [0, 1]. The MSE is floored at 1e-10, so identical images give 100 dB."""
+    from utils.image_utils import psnr
+
+    a, b = _pair(img1, img2, "PSNR")
+    return psnr(a, b).reshape(-1)
 
 
 def ssim_per_image(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
     """SSIM of each image pair with the training SSIM (:func:`utils.loss_utils.ssim`): (B,)."""
     from utils.loss_utils import ssim
 
-    a, b = _as_batch(img1), _as_batch(img2)
-    if a.shape != b.shape:
-        raise ValueError(f"SSIM needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return torch.stack([ssim(a[i:i + 1], b[i:i + 1]).reshape(()) for i in range(a.shape[0])]).float()
+    a, b = _pair(img1, img2, "SSIM")
+    return ssim(a.float(), b.float(), size_average=False).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +182,9 @@ class LpipsVGG:
         feats = _load_vgg16_features(Path(weights_path))
         # pnet_rand=True: the trunk is built randomly (no download); pretrained=True: the package's
         # own calibrated linear layers are loaded. Then the trunk gets the ImageNet weights.
-        net = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation notice
+            warnings.simplefilter("ignore", UserWarning)
+            net = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
         _fill_trunk(net.net, feats, Path(weights_path))
         self.weights_path = Path(weights_path)
         self.device = torch.device(device)
@@ -187,9 +194,7 @@ class LpipsVGG:
 
     @torch.no_grad()
     def __call__(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
-        a, b = _as_batch(img1), _as_batch(img2)
-        if a.shape != b.shape:
-            raise ValueError(f"LPIPS needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        a, b = _pair(img1, img2, "LPIPS")
         a = a[:, :3].to(self.device, torch.float32)
         b = b[:, :3].to(self.device, torch.float32)
         return self.net(a, b, normalize=True).reshape(-1).float().cpu()

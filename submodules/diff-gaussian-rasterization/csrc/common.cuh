@@ -10,31 +10,9 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "camera.h"
+
 namespace gsr {
-
-constexpr int kTile = 16;                 // tile side in pixels
-constexpr int kBlock = kTile * kTile;     // threads per tile block (= splats per shared batch)
-constexpr float kNearCull = 0.2f;         // splats with view depth <= this are culled
-constexpr float kDilation = 0.3f;         // px^2 added to the 2D covariance diagonal
-constexpr float kMaxAlpha = 0.99f;
-constexpr float kMinAlpha = 1.0f / 255.0f;
-constexpr float kMinT = 1e-4f;
-
-// Camera and frame parameters, passed by value to every kernel.
-struct Camera {
-    const float* view;          // (16,) device pointers (read through the read-only cache)
-    const float* proj;
-    const float* campos;        // (3,)
-    const float* bg;            // (3,)
-    float focal_x, focal_y;
-    float lim_x_lo, lim_x_hi;   // clamp range of x/z for the EWA Jacobian
-    float lim_y_lo, lim_y_hi;   // clamp range of y/z
-    float scale_modifier;
-    int width, height;
-    int tiles_x, tiles_y;
-    int sh_degree;              // active degree
-    int sh_coeffs;              // coefficients stored per splat (M of the (N, M, 3) tensor)
-};
 
 // Real spherical-harmonics constants (degree 0..3).
 __device__ constexpr float kSH0 = 0.28209479177387814f;
@@ -68,8 +46,14 @@ __device__ __forceinline__ float ndc_to_pixel(float v, int size) {
     return ((v + 1.0f) * size - 1.0f) * 0.5f;
 }
 
-// Rotation matrix (row-major r[3][3]) of the quaternion q = (w, x, y, z), used as given
-// (no normalisation here, as in the original rasterizer: models pass normalised quaternions).
+// Normalised quaternion q / max(|q|, 1e-12) (as the reference); `inv_norm` receives 1 / max(|q|, 1e-12).
+__device__ __forceinline__ float4 normalize_quat(float4 q, float& inv_norm) {
+    const float n = sqrtf(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w);
+    inv_norm = 1.0f / fmaxf(n, 1e-12f);
+    return make_float4(q.x * inv_norm, q.y * inv_norm, q.z * inv_norm, q.w * inv_norm);
+}
+
+// Rotation matrix (row-major r[3][3]) of the unit quaternion q = (w, x, y, z).
 __device__ __forceinline__ void quat_to_rot(float4 q, float r[9]) {
     const float w = q.x, x = q.y, y = q.z, z = q.w;
     r[0] = 1.f - 2.f * (y * y + z * z); r[1] = 2.f * (x * y - w * z);       r[2] = 2.f * (x * z + w * y);
@@ -161,12 +145,6 @@ __device__ __forceinline__ void sh_basis(int deg, float x, float y, float z, flo
     b[13] = kSH3[4] * x * (4.f * zz - xx - yy);
     b[14] = kSH3[5] * z * (xx - yy);
     b[15] = kSH3[6] * x * (xx - 3.f * yy);
-}
-
-__host__ __device__ __forceinline__ int num_bits(uint32_t v) {
-    int n = 0;
-    while (v) { ++n; v >>= 1; }
-    return n;
 }
 
 }  // namespace gsr

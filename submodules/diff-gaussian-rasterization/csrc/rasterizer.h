@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
-#include "common.cuh"
+#include "camera.h"
 
 namespace gsr {
 

@@ -1,0 +1,168 @@
+"""Time the rasterizer (forward, backward, no-grad render fps) on the project's standard workload.
+
+Workload (shared by the project, docs/PERF_NOTES.md): N splats on a head-sized ellipsoid shell,
+SH degree 3, 16 cameras around the head, 802x550 pixels, fx = 1800; loss = mean |img - 0.5|.
+Forward/backward medians over 100 steps (device events), fps over 200 no-grad renders.
+
+usage: python benchmarks/bench_rasterizer.py [--backend cuda|reference|both] [--n 100000]
+       [--width 802] [--height 550] [--profile]
+Prints one JSON line per backend, then a short table.  Never asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.append(os.path.join(ROOT, "submodules", "diff-gaussian-rasterization"))
+
+import diff_gaussian_rasterization as dgr  # noqa: E402
+
+
+def make_workload(n: int, width: int, height: int, dev: str = "cuda"):
+    """Splats, cameras and background of the standard workload (seeded)."""
+    torch.manual_seed(0)
+    d = torch.randn(n, 3, device=dev)
+    d = d / d.norm(dim=1, keepdim=True)
+    radii = torch.tensor([0.085, 0.115, 0.10], device=dev)
+    means = d * radii * (1 + 0.02 * torch.randn(n, 1, device=dev))
+    scales = torch.exp(torch.randn(n, 3, device=dev) * 0.4) * 0.0015
+    rots = torch.nn.functional.normalize(torch.randn(n, 4, device=dev), dim=1)
+    opac = torch.rand(n, 1, device=dev) * 0.7 + 0.3
+    shs = torch.randn(n, 16, 3, device=dev) * 0.1
+    shs[:, 0] = torch.rand(n, 3, device=dev) * 1.5 - 0.5
+    params = [p.requires_grad_(True) for p in (means, scales, rots, opac, shs)]
+
+    def look_at(eye):
+        eye = torch.tensor(eye, dtype=torch.float32)
+        fwd = -eye / eye.norm()
+        up = torch.tensor([0.0, 1.0, 0.0])
+        right = torch.cross(fwd, up, dim=0)
+        right = right / right.norm()
+        down = torch.cross(fwd, right, dim=0)
+        rot = torch.stack([right, down, fwd])
+        w2c = torch.eye(4)
+        w2c[:3, :3] = rot
+        w2c[:3, 3] = -rot @ eye
+        return w2c
+
+    def proj(znear, zfar, tanx, tany):
+        p = torch.zeros(4, 4)
+        p[0, 0] = 1 / tanx
+        p[1, 1] = 1 / tany
+        p[3, 2] = 1.0
+        p[2, 2] = zfar / (zfar - znear)
+        p[2, 3] = -(zfar * znear) / (zfar - znear)
+        return p
+
+    fx = 1800.0
+    tanx, tany = width / 2 / fx, height / 2 / fx
+    cams = []
+    for k in range(16):
+        az = (k / 16 - 0.5) * math.pi * 1.2
+        el = 0.25 * math.sin(k)
+        eye = [1.0 * math.sin(az) * math.cos(el), 1.0 * math.sin(el), 1.0 * math.cos(az) * math.cos(el)]
+        w2c = look_at(eye)
+        view = w2c.T.contiguous().to(dev)
+        fullp = (w2c.T @ proj(0.01, 100, tanx, tany).T).contiguous().to(dev)
+        cams.append((view, fullp, torch.tensor(eye, dtype=torch.float32, device=dev)))
+    bg = torch.ones(3, device=dev)
+    return params, cams, bg, tanx, tany
+
+
+def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: int, profile: bool) -> dict:
+    (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
+
+    def step(cam, backward=True):
+        view, fullp, campos = cam
+        s = dgr.GaussianRasterizationSettings(
+            image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
+            viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False,
+            backend=backend)
+        means2d = torch.zeros_like(means, requires_grad=True)
+        img, radii = dgr.GaussianRasterizer(s)(means3D=means, means2D=means2d, shs=shs, colors_precomp=None,
+                                               opacities=opac, scales=scales, rotations=rots, cov3D_precomp=None)
+        loss = (img - 0.5).abs().mean() if backward else None
+        return img, radii, loss
+
+    warm = 10 if backend == "cuda" else 1
+    for i in range(warm):
+        step(cams[i % 16])[2].backward()
+    torch.cuda.synchronize()
+    fw, bw = [], []
+    for i in range(steps):
+        e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        e0.record()
+        img, radii, loss = step(cams[i % 16])
+        e1.record()
+        loss.backward()
+        e2.record()
+        torch.cuda.synchronize()
+        fw.append(e0.elapsed_time(e1))
+        bw.append(e1.elapsed_time(e2))
+    fw.sort()
+    bw.sort()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for i in range(fps_frames):
+            step(cams[i % 16], backward=False)
+        torch.cuda.synchronize()
+        fps = fps_frames / (time.perf_counter() - t0)
+    res = dict(backend=backend, N=n, W=width, H=height, fwd_ms_median=round(fw[len(fw) // 2], 4),
+               bwd_ms_median=round(bw[len(bw) // 2], 4), fwd_ms_min=round(fw[0], 4), bwd_ms_min=round(bw[0], 4),
+               render_fps_nograd=round(fps, 1), visible=int((radii > 0).sum().item()),
+               mean_pixel=round(img.mean().item(), 6), gpu=torch.cuda.get_device_name())
+    if profile and backend == "cuda":
+        res["kernels_us"] = profile_kernels(step, cams)
+    return res
+
+
+def profile_kernels(step, cams) -> dict:
+    """Mean CUDA time per step of each kernel (microseconds), forward + backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    reps = 20
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(reps):
+            step(cams[i % 16])[2].backward()
+        torch.cuda.synchronize()
+    out = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if t > 0:
+            out[evt.key[:60]] = round(t / reps, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1])[:15])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "reference", "both"])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--width", type=int, default=802)
+    ap.add_argument("--height", type=int, default=550)
+    ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_rasterizer: needs a CUDA GPU")
+        return
+    backends = ["cuda", "reference"] if args.backend == "both" else [args.backend]
+    rows = []
+    for b in backends:
+        steps, frames = (100, 200) if b == "cuda" else (3, 3)
+        res = run(b, args.n, args.width, args.height, steps, frames, args.profile)
+        print(json.dumps(res), flush=True)
+        rows.append(res)
+    print(f"{'backend':<10} {'fwd ms':>9} {'bwd ms':>9} {'fps':>8}")
+    for r in rows:
+        print(f"{r['backend']:<10} {r['fwd_ms_median']:>9.3f} {r['bwd_ms_median']:>9.3f} {r['render_fps_nograd']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+// Forward pass of the tile rasterizer: preprocess, key duplication, sort, tile ranges, blending.
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include "common.cuh"
+#include "rasterizer.h"
+
+namespace gsr {
+
+// ---------------------------------------------------------------------------------------------
+// Preprocess: one thread per splat. Culling, 3D/2D covariance, conic, radius, tiles, colour.
+// ---------------------------------------------------------------------------------------------
+__global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= in.n) return;
+    st.radii[i] = 0;
+    st.tiles_touched[i] = 0;
+
+    const float3 p = make_float3(in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]);
+    const float3 t = view_point(cam, p);
+    if (!(t.z > kNearCull)) return;  // also rejects NaN depths
+
+    const float4 ph = proj_point(cam, p);
+    const float pw = 1.0f / (ph.w + 1e-7f);
+    const float2 xy = make_float2(ndc_to_pixel(ph.x * pw, cam.width), ndc_to_pixel(ph.y * pw, cam.height));
+
+    float cov[6];
+    if (in.cov3D != nullptr) {
+#pragma unroll
+        for (int k = 0; k < 6; ++k) cov[k] = in.cov3D[6 * i + k];
+    } else {
+        const float m = cam.scale_modifier;
+        const float3 s = make_float3(in.scales[3 * i] * m, in.scales[3 * i + 1] * m, in.scales[3 * i + 2] * m);
+        float inv_norm;
+        const float4 q = normalize_quat(make_float4(in.rotations[4 * i], in.rotations[4 * i + 1],
+                                                    in.rotations[4 * i + 2], in.rotations[4 * i + 3]), inv_norm);
+        cov3d_from_scale_rot(s, q, cov);
+    }
+    const EwaJacobian e = ewa_jacobian(cam, t);
+    float u0[3], u1[3];
+    sym_mul(cov, e.t0, u0);
+    sym_mul(cov, e.t1, u1);
+    const float a = e.t0[0] * u0[0] + e.t0[1] * u0[1] + e.t0[2] * u0[2] + kDilation;
+    const float b = e.t0[0] * u1[0] + e.t0[1] * u1[1] + e.t0[2] * u1[2];
+    const float c = e.t1[0] * u1[0] + e.t1[1] * u1[1] + e.t1[2] * u1[2] + kDilation;
+    const float det = a * c - b * b;
+    if (!(det > 0.0f) || !isfinite(det)) return;  // the reference culls det <= 0 and non-finite
+    const float inv_det = 1.0f / det;
+    const float mid = 0.5f * (a + c);
+    const float disc = sqrtf(fmaxf(0.1f, mid * mid - det));
+    const float lam = fmaxf(mid + disc, mid - disc);
+    const float radius_f = ceilf(3.0f * sqrtf(lam));
+    if (!(radius_f > 0.0f) || !isfinite(xy.x) || !isfinite(xy.y)) return;  // NaN / degenerate
+    const float radius = fminf(radius_f, 1.0e9f);
+    int2 rmin, rmax;
+    tile_rect(cam, xy, radius, rmin, rmax);
+    const int64_t touched = (int64_t)(rmax.x - rmin.x) * (int64_t)(rmax.y - rmin.y);
+    if (touched == 0) return;
+
+    float rgb[3];
+    if (in.colors != nullptr) {
+        rgb[0] = in.colors[3 * i]; rgb[1] = in.colors[3 * i + 1]; rgb[2] = in.colors[3 * i + 2];
+    } else {
+        float dx = p.x - __ldg(cam.campos), dy = p.y - __ldg(cam.campos + 1), dz = p.z - __ldg(cam.campos + 2);
+        const float inv = rsqrtf(dx * dx + dy * dy + dz * dz);
+        dx *= inv; dy *= inv; dz *= inv;
+        float basis[16];
+        sh_basis(cam.sh_degree, dx, dy, dz, basis);
+        const int nb = (cam.sh_degree + 1) * (cam.sh_degree + 1);
+        const float* sh = in.shs + (int64_t)i * cam.sh_coeffs * 3;
+        rgb[0] = rgb[1] = rgb[2] = 0.5f;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            if (k < nb) {
+                rgb[0] += basis[k] * sh[3 * k];
+                rgb[1] += basis[k] * sh[3 * k + 1];
+                rgb[2] += basis[k] * sh[3 * k + 2];
+            }
+        }
+        rgb[0] = fmaxf(rgb[0], 0.f); rgb[1] = fmaxf(rgb[1], 0.f); rgb[2] = fmaxf(rgb[2], 0.f);
+    }
+
+    st.xy[i] = xy;
+    st.depth[i] = t.z;
+    st.conic_opacity[i] = make_float4(c * inv_det, -b * inv_det, a * inv_det, in.opacities[i]);
+    st.rgb[3 * i] = rgb[0]; st.rgb[3 * i + 1] = rgb[1]; st.rgb[3 * i + 2] = rgb[2];
+    st.radii[i] = (int)radius;
+    st.tiles_touched[i] = touched;
+}
+
+void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, cudaStream_t s) {
+    if (in.n == 0) return;
+    preprocess_kernel<<<(in.n + 255) / 256, 256, 0, s>>>(cam, in, st);
+}
+
+size_t scan_temp_bytes(int n) {
+    size_t bytes = 0;
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, (const int64_t*)nullptr, (int64_t*)nullptr, n);
+    return bytes;
+}
+
+void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, int n, cudaStream_t s) {
+    cub::DeviceScan::InclusiveSum(tmp, bytes, in, out, n, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One (tile | depth) key per tile a splat touches.
+// ---------------------------------------------------------------------------------------------
+__global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t* __restrict__ offsets,
+                                 uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || st.radii[i] <= 0) return;
+    int64_t off = (i == 0) ? 0 : offsets[i - 1];
+    int2 rmin, rmax;
+    tile_rect(cam, st.xy[i], (float)st.radii[i], rmin, rmax);
+    const uint64_t dbits = (uint64_t)__float_as_uint(st.depth[i]);
+    for (int y = rmin.y; y < rmax.y; ++y) {
+        for (int x = rmin.x; x < rmax.x; ++x) {
+            keys[off] = ((uint64_t)(y * cam.tiles_x + x) << 32) | dbits;
+            values[off] = i;
+            ++off;
+        }
+    }
+}
+
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, uint64_t* keys,
+                      int32_t* values, cudaStream_t s) {
+    if (n == 0) return;
+    duplicate_kernel<<<(n + 255) / 256, 256, 0, s>>>(cam, n, st, offsets, keys, values);
+}
+
+size_t sort_temp_bytes(int64_t count, int end_bit) {
+    size_t bytes = 0;
+    if (count <= INT32_MAX) {
+        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr,
+                                        (const int32_t*)nullptr, (int32_t*)nullptr, (int)count, 0, end_bit);
+    } else {
+        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr,
+                                        (const int32_t*)nullptr, (int32_t*)nullptr, count, 0, end_bit);
+    }
+    return bytes;
+}
+
+void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys_out, const int32_t* vals_in,
+                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s) {
+    if (count <= INT32_MAX) {
+        cub::DeviceRadixSort::SortPairs(tmp, bytes, keys_in, keys_out, vals_in, vals_out, (int)count, 0, end_bit, s);
+    } else {
+        cub::DeviceRadixSort::SortPairs(tmp, bytes, keys_in, keys_out, vals_in, vals_out, count, 0, end_bit, s);
+    }
+}
+
+// ranges[2 t] .. ranges[2 t + 1]: the slice of the sorted list that belongs to tile t (zeroed first).
+__global__ void tile_ranges_kernel(int64_t count, const uint64_t* __restrict__ keys, int64_t* __restrict__ ranges) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    const uint32_t tile = (uint32_t)(keys[i] >> 32);
+    if (i == 0) {
+        ranges[2 * (int64_t)tile] = 0;
+    } else {
+        const uint32_t prev = (uint32_t)(keys[i - 1] >> 32);
+        if (prev != tile) {
+            ranges[2 * (int64_t)prev + 1] = i;
+            ranges[2 * (int64_t)tile] = i;
+        }
+    }
+    if (i == count - 1) ranges[2 * (int64_t)tile + 1] = count;
+}
+
+void launch_tile_ranges(int64_t count, const uint64_t* keys, int64_t* ranges, cudaStream_t s) {
+    if (count == 0) return;
+    const int64_t blocks = (count + 255) / 256;
+    tile_ranges_kernel<<<(unsigned)blocks, 256, 0, s>>>(count, keys, ranges);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blending: one block per tile, one thread per pixel, splats staged in shared memory by 256.
+// ---------------------------------------------------------------------------------------------
+__global__ void __launch_bounds__(kBlock) render_forward_kernel(
+    Camera cam, const int64_t* __restrict__ ranges, const int32_t* __restrict__ point_list,
+    const float2* __restrict__ xy, const float4* __restrict__ conic_opacity, const float* __restrict__ rgb,
+    float* __restrict__ out_color, float* __restrict__ final_T, int32_t* __restrict__ n_contrib) {
+    __shared__ float2 s_xy[kBlock];
+    __shared__ float4 s_co[kBlock];
+    __shared__ float s_rgb[3][kBlock];
+
+    const int tid = threadIdx.y * kTile + threadIdx.x;
+    const int px = blockIdx.x * kTile + threadIdx.x;
+    const int py = blockIdx.y * kTile + threadIdx.y;
+    const bool inside = px < cam.width && py < cam.height;
+    const int tile = blockIdx.y * cam.tiles_x + blockIdx.x;
+    const int64_t start = ranges[2 * tile], end = ranges[2 * tile + 1];
+    const int64_t todo = end - start;
+    const float fx = (float)px, fy = (float)py;
+
+    bool done = !inside;
+    float T = 1.0f, C0 = 0.f, C1 = 0.f, C2 = 0.f;
+    int contributor = 0, last = 0;
+
+    for (int64_t base = 0; base < todo; base += kBlock) {
+        if (__syncthreads_count(done) == kBlock) break;
+        const int64_t k = start + base + tid;
+        if (k < end) {
+            const int id = point_list[k];
+            s_xy[tid] = xy[id];
+            s_co[tid] = conic_opacity[id];
+            s_rgb[0][tid] = rgb[3 * id];
+            s_rgb[1][tid] = rgb[3 * id + 1];
+            s_rgb[2][tid] = rgb[3 * id + 2];
+        }
+        __syncthreads();
+        const int cnt = (int)min((int64_t)kBlock, todo - base);
+        for (int j = 0; j < cnt && !done; ++j) {
+            ++contributor;
+            const float2 m = s_xy[j];
+            const float4 co = s_co[j];
+            const float dx = m.x - fx, dy = m.y - fy;
+            const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
+            if (power > 0.0f) continue;
+            const float alpha = fminf(kMaxAlpha, co.w * expf(power));
+            if (alpha < kMinAlpha) continue;
+            const float test_T = T * (1.0f - alpha);
+            if (test_T < kMinT) {
+                done = true;
+                continue;
+            }
+            const float w = alpha * T;
+            C0 += s_rgb[0][j] * w;
+            C1 += s_rgb[1][j] * w;
+            C2 += s_rgb[2][j] * w;
+            T = test_T;
+            last = contributor;
+        }
+    }
+    if (inside) {
+        const int64_t pix = (int64_t)py * cam.width + px;
+        const int64_t hw = (int64_t)cam.width * cam.height;
+        final_T[pix] = T;
+        n_contrib[pix] = last;
+        out_color[pix] = C0 + T * __ldg(cam.bg);
+        out_color[hw + pix] = C1 + T * __ldg(cam.bg + 1);
+        out_color[2 * hw + pix] = C2 + T * __ldg(cam.bg + 2);
+    }
+}
+
+void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list, const SplatState& st,
+                           float* out_color, float* final_T, int32_t* n_contrib, cudaStream_t s) {
+    const dim3 grid(cam.tiles_x, cam.tiles_y), block(kTile, kTile);
+    render_forward_kernel<<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity, st.rgb,
+                                                  out_color, final_T, n_contrib);
+}
+
+}  // namespace gsr

@@ -1,0 +1,135 @@
+"""Differentiable Gaussian-splat rasterizer with a CUDA backend and a pure-PyTorch reference.
+
+API compatible with graphdeco's ``diff_gaussian_rasterization``::
+
+    settings = GaussianRasterizationSettings(image_height, image_width, tanfovx, tanfovy, bg,
+                                             scale_modifier, viewmatrix, projmatrix, sh_degree,
+                                             campos, prefiltered, debug, cx=None, cy=None,
+                                             backend="auto")
+    color, radii = GaussianRasterizer(settings)(means3D, means2D, opacities, shs=..., scales=...,
+                                                rotations=...)
+
+``backend``: ``"auto"`` uses the compiled CUDA extension (``_C``) when it imports and the inputs are
+CUDA tensors, else :mod:`diff_gaussian_rasterization.reference`; ``"cuda"`` / ``"reference"`` force
+one.  The math (SPEC section 6) is documented in :mod:`.reference`, which defines it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import reference
+from ._checks import check_finite, check_inputs
+
+__all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians", "cuda_available",
+           "resolve_backend", "check_finite", "BACKENDS"]
+
+BACKENDS = ("auto", "cuda", "reference")
+
+
+class GaussianRasterizationSettings(NamedTuple):
+    """Camera and render settings (matrices stored transposed: ``p_view = [p, 1] @ viewmatrix``).
+
+    ``cx, cy``: principal point in pixels (``None`` = image centre ``(W - 1) / 2``, ``(H - 1) / 2``);
+    it must agree with ``projmatrix`` and sets the asymmetric EWA clamp.  ``backend``: ``"auto"``,
+    ``"cuda"`` or ``"reference"``.
+    """
+
+    image_height: int
+    image_width: int
+    tanfovx: float
+    tanfovy: float
+    bg: Tensor
+    scale_modifier: float
+    viewmatrix: Tensor
+    projmatrix: Tensor
+    sh_degree: int
+    campos: Tensor
+    prefiltered: bool
+    debug: bool
+    cx: Optional[float] = None
+    cy: Optional[float] = None
+    backend: str = "auto"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """True when the compiled extension ``diff_gaussian_rasterization._C`` imports."""
+    try:
+        importlib.import_module(f"{__name__}._C")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) -> str:
+    """``"cuda"`` or ``"reference"`` for these settings and inputs (``ValueError``/``RuntimeError`` if impossible)."""
+    backend = getattr(settings, "backend", "auto") or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"raster_settings.backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if backend == "cuda":
+        if not cuda_available():
+            raise RuntimeError("backend='cuda' requested but the CUDA extension diff_gaussian_rasterization._C "
+                               "is not built (reinstall the package where nvcc is available, or use "
+                               "backend='reference')")
+        if not means3D.is_cuda:
+            raise RuntimeError(f"backend='cuda' needs CUDA tensors, got means3D on {means3D.device}")
+        return "cuda"
+    return "cuda" if means3D.is_cuda and cuda_available() else "reference"
+
+
+def _cuda_entry() -> Callable[..., Tuple[Tensor, Tensor]]:
+    from ._cuda import rasterize_gaussians_cuda  # lazy: the package works without _cuda.py / _C
+    return rasterize_gaussians_cuda
+
+
+def _none_if_empty(t: Optional[Tensor], n: int) -> Optional[Tensor]:
+    return None if t is None or (t.numel() == 0 and n > 0) else t
+
+
+def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional[Tensor],
+                        colors_precomp: Optional[Tensor], opacities: Tensor, scales: Optional[Tensor],
+                        rotations: Optional[Tensor], cov3Ds_precomp: Optional[Tensor],
+                        raster_settings: GaussianRasterizationSettings) -> Tuple[Tensor, Tensor]:
+    """Validate the inputs and render with the selected backend: ``(color (3, H, W), radii (N,) int32)``.
+
+    Absent optional inputs may be ``None`` or empty tensors (as the original passed them); the
+    backend entry points receive ``None`` for them.
+    """
+    n = means3D.shape[0] if means3D.dim() else 0
+    sh, colors_precomp, scales, rotations, cov3Ds_precomp = (
+        _none_if_empty(t, n) for t in (sh, colors_precomp, scales, rotations, cov3Ds_precomp))
+    check_inputs(raster_settings, means3D, means2D, opacities, sh, colors_precomp, scales, rotations,
+                 cov3Ds_precomp)
+    if resolve_backend(raster_settings, means3D) == "cuda":
+        entry = _cuda_entry()
+    else:
+        entry = reference.rasterize_gaussians
+    return entry(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
+                 raster_settings)
+
+
+class GaussianRasterizer(nn.Module):
+    """Module wrapper holding the settings; ``forward`` renders, ``markVisible`` tests the near plane."""
+
+    def __init__(self, raster_settings: GaussianRasterizationSettings):
+        super().__init__()
+        self.raster_settings = raster_settings
+
+    def markVisible(self, positions: Tensor) -> Tensor:  # noqa: N802 (original name)
+        """Boolean mask ``(N,)`` of points with view depth > 0.2 (no gradient)."""
+        return reference.mark_visible(positions, self.raster_settings.viewmatrix)
+
+    def forward(self, means3D: Tensor, means2D: Tensor, opacities: Tensor, shs: Optional[Tensor] = None,
+                colors_precomp: Optional[Tensor] = None, scales: Optional[Tensor] = None,
+                rotations: Optional[Tensor] = None,
+                cov3D_precomp: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Render; see :func:`rasterize_gaussians`.  Returns ``(color (3, H, W), radii (N,) int32)``."""
+        return rasterize_gaussians(means3D, means2D, shs, colors_precomp, opacities, scales, rotations,
+                                   cov3D_precomp, self.raster_settings)

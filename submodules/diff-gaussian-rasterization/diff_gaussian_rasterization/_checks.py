@@ -1,0 +1,119 @@
+"""Input validation shared by both backends (shapes always; NaN/Inf in debug mode)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def check_inputs(settings: Any, means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor,
+                 shs: Optional[Tensor], colors_precomp: Optional[Tensor], scales: Optional[Tensor],
+                 rotations: Optional[Tensor], cov3D_precomp: Optional[Tensor]) -> None:
+    """Raise ``ValueError`` naming the argument when an input is missing, misshaped or (debug) not finite.
+
+    Rules (as the original): exactly one of ``shs`` / ``colors_precomp``; either ``scales`` and
+    ``rotations`` or ``cov3D_precomp``.  Shapes: ``means3D (N, 3)``, ``means2D (N, 2|3)``,
+    ``opacities (N,)`` or ``(N, 1)``, ``shs (N, K, 3)`` with ``K >= (sh_degree + 1)^2``,
+    ``colors_precomp (N, 3)``, ``scales (N, 3)``, ``rotations (N, 4)``, ``cov3D_precomp (N, 6)``,
+    ``bg (3,)``, ``viewmatrix`` / ``projmatrix (4, 4)``, ``campos (3,)``, image size >= 1.
+    """
+    if (shs is None) == (colors_precomp is None):
+        raise ValueError("provide exactly one of shs or colors_precomp "
+                         f"(got {'both' if shs is not None else 'neither'})")
+    if cov3D_precomp is None and (scales is None or rotations is None):
+        raise ValueError("provide either scales and rotations, or cov3D_precomp "
+                         f"(scales is {_given(scales)}, rotations is {_given(rotations)})")
+    if cov3D_precomp is not None and (scales is not None or rotations is not None):
+        raise ValueError("provide either scales and rotations, or cov3D_precomp, not both")
+    _check_settings(settings)
+    tensors = _named_inputs(means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp)
+    _check_shapes(settings, tensors)
+    if bool(getattr(settings, "debug", False)):
+        check_finite(tensors)
+        check_finite({"bg": settings.bg, "viewmatrix": settings.viewmatrix, "projmatrix": settings.projmatrix,
+                      "campos": settings.campos})
+
+
+def _given(t: Optional[Tensor]) -> str:
+    return "missing" if t is None else "given"
+
+
+def _named_inputs(means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor, shs: Optional[Tensor],
+                  colors_precomp: Optional[Tensor], scales: Optional[Tensor], rotations: Optional[Tensor],
+                  cov3D_precomp: Optional[Tensor]) -> Dict[str, Tensor]:
+    named = {"means3D": means3D, "means2D": means2D, "opacities": opacities, "shs": shs,
+             "colors_precomp": colors_precomp, "scales": scales, "rotations": rotations,
+             "cov3D_precomp": cov3D_precomp}
+    for name, t in named.items():
+        if t is not None and not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def _check_settings(settings: Any) -> None:
+    for name in ("image_height", "image_width"):
+        if int(getattr(settings, name)) < 1:
+            raise ValueError(f"raster_settings.{name} must be >= 1, got {getattr(settings, name)}")
+    for name in ("tanfovx", "tanfovy"):
+        if not float(getattr(settings, name)) > 0:
+            raise ValueError(f"raster_settings.{name} must be > 0, got {getattr(settings, name)}")
+    degree = int(settings.sh_degree)
+    if not 0 <= degree <= 3:
+        raise ValueError(f"raster_settings.sh_degree must be in 0..3, got {degree}")
+    expected = {"bg": (3,), "viewmatrix": (4, 4), "projmatrix": (4, 4), "campos": (3,)}
+    for name, shape in expected.items():
+        t = getattr(settings, name)
+        if not isinstance(t, Tensor):
+            raise ValueError(f"raster_settings.{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"raster_settings.{name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def _check_shapes(settings: Any, tensors: Dict[str, Tensor]) -> None:
+    means3D = tensors["means3D"]
+    if means3D.dim() != 2 or means3D.shape[1] != 3:
+        raise ValueError(f"means3D must have shape (N, 3), got {tuple(means3D.shape)}")
+    n = means3D.shape[0]
+    rules: Dict[str, Tuple[str, Any]] = {
+        "means2D": ("(N, 2) or (N, 3)", lambda s: len(s) == 2 and s[1] in (2, 3)),
+        "opacities": ("(N,) or (N, 1)", lambda s: len(s) == 1 or (len(s) == 2 and s[1] == 1)),
+        "colors_precomp": ("(N, 3)", lambda s: len(s) == 2 and s[1] == 3),
+        "scales": ("(N, 3)", lambda s: len(s) == 2 and s[1] == 3),
+        "rotations": ("(N, 4)", lambda s: len(s) == 2 and s[1] == 4),
+        "cov3D_precomp": ("(N, 6)", lambda s: len(s) == 2 and s[1] == 6),
+        "shs": ("(N, K, 3)", lambda s: len(s) == 3 and s[2] == 3),
+    }
+    for name, t in tensors.items():
+        if name == "means3D":
+            continue
+        rows = t.shape[0] if t.dim() > 0 else None
+        if rows != n:
+            raise ValueError(f"{name} has {rows} rows but means3D has N = {n}")
+        text, ok = rules[name]
+        if not ok(tuple(t.shape)):
+            raise ValueError(f"{name} must have shape {text} with N = {n}, got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != means3D.device:
+            raise ValueError(f"{name} is on {t.device} but means3D is on {means3D.device}")
+    shs = tensors.get("shs")
+    if shs is not None:
+        need = (int(settings.sh_degree) + 1) ** 2
+        if shs.shape[1] < need:
+            raise ValueError(f"shs has {shs.shape[1]} coefficients per channel but sh_degree "
+                             f"{int(settings.sh_degree)} needs at least {need}")
+
+
+def check_finite(tensors: Dict[str, Optional[Tensor]]) -> None:
+    """Raise ``ValueError`` like ``"means3D contains NaN at 3 entries"`` for the first bad tensor."""
+    for name, t in tensors.items():
+        if t is None or not isinstance(t, Tensor) or not t.is_floating_point():
+            continue
+        with torch.no_grad():
+            nans = int(torch.isnan(t).sum().item())
+            infs = int(torch.isinf(t).sum().item())
+        if nans:
+            raise ValueError(f"{name} contains NaN at {nans} entries")
+        if infs:
+            raise ValueError(f"{name} contains Inf at {infs} entries")

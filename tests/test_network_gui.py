@@ -1,0 +1,514 @@
+"""Trainer side of the remote viewer link (gaussian_renderer.network_gui.ViewerServer).
+
+A small fake training loop (a trainable stand-in model with timesteps, optimised with Adam and
+drawing from torch's global RNG like real training) is driven in a thread while clients connect,
+fuzz and misbehave. Checks: training never sees an exception, keeps iterating, ends bit-identical
+to a run without a viewer, and a well-formed viewer is served correctly afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import List, Optional
+
+import numpy as np
+import pytest
+import torch
+
+from gaussian_renderer import viewer_protocol as vp
+from gaussian_renderer.network_gui import (
+    DemoGaussians, DemoPipe, ServerConfig, ViewerServer, splat_points,
+)
+from utils.viewer_camera import OrbitCamera
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ServerConfig(poll_interval_s=0.0, read_timeout_s=0.5, write_timeout_s=0.5, idle_timeout_s=5.0,
+                    pause_wait_s=0.01, linger_s=0.2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """On the 2-core CI machine, 2 OpenMP threads make each small matmul take ~60 ms."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TrainableDemo(DemoGaussians):
+    """DemoGaussians whose canonical positions are trained (the posed ones depend on the
+    selected timestep, like a FLAME-bound model)."""
+
+    def __init__(self, n: int = 48, num_timesteps: int = 4):
+        super().__init__(n, num_timesteps, seed=1)
+        self._base_xyz = self._base_xyz.clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self._base_xyz], lr=1e-3)
+        self.select_mesh_by_timestep(0)
+
+
+def train_step(model: TrainableDemo, iteration: int) -> float:
+    noise = torch.rand(model.get_xyz.shape)                  # global RNG, like random backgrounds
+    loss = ((model.get_xyz - 0.05 * noise) ** 2).mean()
+    loss.backward()
+    model.optimizer.step()
+    model.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+class FakeTraining(threading.Thread):
+    """select timestep -> viewer.handle (pause loop) -> train step; stricter than train.py (which
+    selects after handle): a viewer render of another timestep must be undone by the server."""
+
+    def __init__(self, server: Optional[ViewerServer], min_iterations: int = 0,
+                 max_iterations: Optional[int] = None, sleep_s: float = 0.0005):
+        super().__init__(daemon=True)
+        self.server, self.min_iterations, self.max_iterations = server, min_iterations, max_iterations
+        self.sleep_s = sleep_s
+        self.stop_event = threading.Event()
+        self.iteration = 0
+        self.error: Optional[BaseException] = None
+        self.model: Optional[TrainableDemo] = None
+        self.paused_calls = 0
+
+    def run(self) -> None:
+        try:
+            torch.manual_seed(0)
+            self.model = TrainableDemo()
+            pipe, bg, loss = DemoPipe(), torch.ones(3), None
+            while True:
+                if self.max_iterations is not None and self.iteration >= self.max_iterations:
+                    break
+                if self.stop_event.is_set() and self.iteration >= self.min_iterations:
+                    break
+                self.iteration += 1
+                self.model.select_mesh_by_timestep(self.iteration % self.model.num_timesteps)
+                if self.server is not None:
+                    while self.server.handle(self.iteration, self.model, None, pipe, bg, loss=loss):
+                        self.paused_calls += 1
+                        if self.stop_event.is_set() and self.paused_calls > 10_000:
+                            break
+                loss = train_step(self.model, self.iteration)
+                if self.sleep_s:
+                    time.sleep(self.sleep_s)
+        except BaseException as e:  # noqa: BLE001 - reported to the test thread
+            self.error = e
+
+
+def reference_params(iterations: int) -> torch.Tensor:
+    run = FakeTraining(None, max_iterations=iterations, sleep_s=0.0)
+    run.run()
+    assert run.error is None
+    return run.model._base_xyz.detach().clone()
+
+
+def make_request(width=40, height=30, timestep=1, **kw) -> vp.RenderRequest:
+    cam = OrbitCamera(width=width, height=height, fovy=25.0, radius=0.8, yaw=10.0, pitch=5.0)
+    return vp.RenderRequest(width=width, height=height, fovx=cam.fovx_rad, fovy=cam.fovy_rad,
+                            world_view_transform=cam.world_view_transform.tolist(),
+                            full_proj_transform=cam.full_proj_transform.tolist(), timestep=timestep, **kw)
+
+
+def connect(server: ViewerServer, timeout: float = 5.0) -> socket.socket:
+    s = socket.create_connection(server.address, timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def ask(s: socket.socket, req: vp.RenderRequest):
+    s.sendall(req.encode())
+    header, payload = vp.read_message(s, vp.TRAINER_TO_VIEWER, timeout=10.0)
+    return header, payload
+
+
+def read_until_eof(s: socket.socket, limit: float = 5.0) -> bytes:
+    data = bytearray()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def expected_image(req: vp.RenderRequest, model: DemoGaussians, timestep: int, original: bool) -> np.ndarray:
+    from utils.viewer_camera import make_minicam
+
+    model.select_mesh_by_timestep(timestep, original=original)
+    cam = make_minicam(req.width, req.height, req.fovy, req.fovx, req.znear, req.zfar,
+                       torch.tensor(req.world_view_transform), torch.tensor(req.full_proj_transform))
+    with torch.no_grad():
+        img = splat_points(cam, model, DemoPipe(), torch.ones(3), req.scaling_modifier)["render"]
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.fixture
+def server():
+    logs: List[str] = []
+    srv = ViewerServer.start("127.0.0.1", 0, quiet=True, config=FAST, log=logs.append, render_fn=splat_points)
+    assert srv is not None
+    srv.logs = logs
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def training(server):
+    run = FakeTraining(server)
+    run.start()
+    yield run
+    run.stop_event.set()
+    run.join(timeout=30)
+    assert not run.is_alive()
+    assert run.error is None, repr(run.error)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_port_in_use_warns_once_and_returns_none(server):
+    logs: List[str] = []
+    second = ViewerServer.start("127.0.0.1", server.port, log=logs.append)
+    assert second is None
+    assert len(logs) == 1 and "port already in use" in logs[0] and "training goes on" in logs[0]
+
+
+def test_unresolvable_address_returns_none():
+    logs: List[str] = []
+    assert ViewerServer.start("no-such-host.invalid", 0, log=logs.append) is None
+    assert len(logs) == 1 and "cannot listen" in logs[0]
+
+
+def test_idle_handle_returns_false_without_a_viewer(server):
+    model = TrainableDemo()
+    assert server.handle(1, model, None, DemoPipe(), torch.ones(3)) is False
+    assert not server.connected
+
+
+def serve_one(server: ViewerServer, model, s: socket.socket, req: vp.RenderRequest, iteration: int = 5):
+    """Single-threaded: send a request, drive handle() until the reply is out, read it."""
+    s.sendall(req.encode())
+    sent = server.frames_sent
+    deadline = time.monotonic() + 10
+    while server.frames_sent == sent and time.monotonic() < deadline:
+        server.handle(iteration, model, None, DemoPipe(), torch.ones(3), loss=0.25)
+    return vp.read_message(s, vp.TRAINER_TO_VIEWER, timeout=5)
+
+
+def test_frame_matches_direct_render_and_status(server):
+    model = TrainableDemo()
+    images = {}
+    with connect(server) as s:
+        for original in (False, True):
+            req = make_request(timestep=2, original_mesh=original, scaling_modifier=0.7)
+            header, payload = serve_one(server, model, s, req, iteration=42)
+            assert header.msg_type == vp.MsgType.FRAME, payload[:200]
+            frame = vp.decode_frame(payload, header.flags)
+            images[original] = frame.image
+            np.testing.assert_array_equal(frame.image, expected_image(req, model, 2, original))
+            st = frame.status
+            assert (st.iteration, st.num_splats, st.num_timesteps, st.loss) == (42, 48, 4, 0.25)
+            assert not st.training_paused and not st.training_done and st.render_ms >= 0
+    assert (images[True] != images[False]).any()        # original vs fine-tuned pose differ
+
+
+def test_jpeg_frames_and_status_only(server, training):
+    with connect(server) as s:
+        header, payload = ask(s, make_request(jpeg_quality=80))
+        assert header.flags == vp.FLAG_JPEG
+        frame = vp.decode_frame(payload, header.flags)
+        assert frame.image.shape == (30, 40, 3) and frame.encoding == "jpeg"
+        header, payload = ask(s, make_request(render=False))
+        assert header.msg_type == vp.MsgType.STATUS
+        assert vp.decode_status(payload).num_timesteps == 4
+
+
+def test_pause_training_and_resume(server, training):
+    with connect(server) as s:
+        ask(s, make_request(train=False, render=False))
+        time.sleep(0.2)
+        it0 = training.iteration
+        header, payload = ask(s, make_request(train=False, render=False))
+        assert vp.decode_status(payload).training_paused
+        time.sleep(0.2)
+        assert training.iteration == it0          # no training while paused
+        assert training.paused_calls > 0
+        ask(s, make_request(train=True, render=False))
+        deadline = time.monotonic() + 10
+        while training.iteration <= it0 + 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert training.iteration > it0 + 5
+
+
+def test_disconnect_while_paused_resumes_training(server, training):
+    s = connect(server)
+    ask(s, make_request(train=False, render=False))
+    it0 = training.iteration
+    s.close()
+    deadline = time.monotonic() + 10
+    while training.iteration <= it0 + 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert training.iteration > it0 + 5
+    assert any("dropped viewer" in line for line in server.logs)
+
+
+def test_newest_viewer_wins(server, training):
+    first = connect(server)
+    ask(first, make_request(render=False))
+    second = connect(server)
+    header, payload = ask(second, make_request(render=False))
+    assert header.msg_type == vp.MsgType.STATUS
+    header, payload = vp.read_message(first, timeout=5)
+    assert header.msg_type == vp.MsgType.ERROR and "a new viewer connected" in vp.decode_error(payload)
+    first.close()
+    second.close()
+
+
+def test_stalled_viewer_is_dropped_and_training_continues(server, training):
+    with connect(server) as s:
+        s.sendall(make_request().encode()[:17])        # header and 5 payload bytes, then silence
+        time.sleep(0.05)
+        it0 = training.iteration
+        data = read_until_eof(s, limit=5.0)
+        header = vp.parse_header(data[:vp.HEADER_SIZE])
+        assert header.msg_type == vp.MsgType.ERROR
+        assert "stalled" in vp.decode_error(data[vp.HEADER_SIZE:vp.HEADER_SIZE + header.length])
+        assert training.iteration > it0 + 10          # training went on during the stall
+    with connect(server) as s:
+        assert ask(s, make_request())[0].msg_type == vp.MsgType.FRAME
+
+
+def test_viewer_that_stops_reading_is_dropped(server):
+    """A viewer that asks for big frames but never reads them: the send buffer fills, the
+    server never blocks, and drops the viewer after write_timeout."""
+    def flat_render(cam, pc, pipe, bg, scaling_modifier=1.0):
+        return {"render": torch.rand(3, cam.image_height, cam.image_width)}
+    server._render_fn = flat_render
+    run = FakeTraining(server)
+    run.start()
+    try:
+        s = connect(server)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        req = make_request(width=1024, height=1024).encode()
+        deadline = time.monotonic() + 10
+        while server.viewers_dropped == 0 and time.monotonic() < deadline:
+            try:
+                s.sendall(req)
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert server.viewers_dropped >= 1
+        assert "stopped reading" in server.last_error
+        it0 = run.iteration
+        time.sleep(0.1)
+        assert run.iteration > it0
+        s.close()
+    finally:
+        run.stop_event.set()
+        run.join(10)
+    assert run.error is None
+
+
+def test_bye_and_timestep_range(server, training):
+    with connect(server) as s:
+        s.sendall(vp.encode_bye())
+        assert read_until_eof(s) == b""
+    with connect(server) as s:
+        header, payload = ask(s, make_request(timestep=4))    # the model has 4 timesteps: 0..3
+        assert header.msg_type == vp.MsgType.ERROR
+        assert "timestep 4 out of range" in vp.decode_error(payload)
+
+
+def test_version_mismatch_gets_a_clear_error(server, training):
+    with connect(server) as s:
+        payload = json.dumps(make_request().to_json()).encode()
+        s.sendall(vp.pack_header(vp.MsgType.REQUEST, len(payload), version=9) + payload)
+        data = read_until_eof(s)
+        header = vp.parse_header(data[:vp.HEADER_SIZE])
+        text = vp.decode_error(data[vp.HEADER_SIZE:vp.HEADER_SIZE + header.length])
+        assert "protocol version 9 is not supported" in text
+
+
+def test_render_restores_training_mesh_with_autograd(server):
+    model = TrainableDemo()
+    model.select_mesh_by_timestep(3)
+    before = model.get_xyz.detach().clone()
+    with connect(server) as s:
+        s.sendall(make_request(timestep=1, original_mesh=True).encode())
+        deadline = time.monotonic() + 10
+        while server.frames_sent == 0 and time.monotonic() < deadline:
+            server.handle(7, model, None, DemoPipe(), torch.ones(3))
+        vp.read_message(s, timeout=5)
+    assert model.timestep == 3
+    assert torch.equal(model.get_xyz.detach(), before)
+    assert model.get_xyz.requires_grad                      # graph rebuilt: training can backprop
+
+
+def test_mesh_overlay_and_its_absence(server, training, monkeypatch):
+    with connect(server) as s:
+        header, payload = ask(s, make_request(show_splatting=False, show_mesh=True, mesh_opacity=1.0))
+        frame = vp.decode_frame(payload, header.flags)
+        covered = (frame.image != 255).any(-1)
+        assert frame.status.mesh_available and 0.05 < covered.mean() < 0.95   # a mesh in front of white
+    logs: List[str] = []
+    monkeypatch.setitem(sys.modules, "utils.mesh_renderer", None)          # import fails
+    srv2 = ViewerServer.start("127.0.0.1", 0, quiet=True, config=FAST, log=logs.append, render_fn=splat_points)
+    model = TrainableDemo()
+    try:
+        with connect(srv2) as s:
+            s.sendall(make_request(show_splatting=False, show_mesh=True).encode())
+            deadline = time.monotonic() + 10
+            while srv2.frames_sent == 0 and time.monotonic() < deadline:
+                srv2.handle(1, model, None, DemoPipe(), torch.ones(3))
+            header, payload = vp.read_message(s, timeout=5)
+            frame = vp.decode_frame(payload, header.flags)
+            assert (frame.image == 255).all()                                # background only
+            assert "mesh overlay unavailable" in frame.status.note and not frame.status.mesh_available
+            assert sum("mesh overlay unavailable" in line for line in logs) == 1
+    finally:
+        srv2.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# fuzzing
+
+def _valid_payload(rng: random.Random) -> bytes:
+    return json.dumps(make_request(timestep=rng.randrange(4)).to_json()).encode()
+
+
+def _mutated_request(rng: random.Random) -> bytes:
+    obj = make_request().to_json()
+    key = rng.choice(sorted(obj))
+    obj[key] = rng.choice([None, "x", -1, 0, 2 ** 40, 1e308, [], {}, [[1, 2]], True, -1e-9, 99999, 4097, 3.2])
+    return json.dumps(obj).encode()
+
+
+def _nan_matrix(rng: random.Random) -> bytes:
+    obj = make_request().to_json()
+    key = rng.choice(["world_view_transform", "full_proj_transform"])
+    obj[key][rng.randrange(4)][rng.randrange(4)] = "__BAD__"
+    bad = rng.choice(["NaN", "Infinity", "-Infinity"])
+    return json.dumps(obj).replace('"__BAD__"', bad).encode()
+
+
+def _resolution(rng: random.Random) -> bytes:
+    obj = make_request().to_json()
+    obj[rng.choice(["width", "height"])] = rng.choice([0, -5, 4097, 10 ** 9, 2 ** 63])
+    return json.dumps(obj).encode()
+
+
+def _fuzz_case(rng: random.Random) -> tuple:
+    """(bytes to send, expect an ERROR reply?)"""
+    kind = rng.randrange(16)
+    H = vp.pack_header
+    if kind == 0:
+        return bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))), None
+    if kind == 1:
+        p = _valid_payload(rng)
+        return b"GAVX" + H(vp.MsgType.REQUEST, len(p))[4:] + p, True
+    if kind == 2:
+        p = _valid_payload(rng)
+        return H(vp.MsgType.REQUEST, len(p), version=rng.choice([0, 2, 255])) + p, True
+    if kind == 3:
+        return H(vp.MsgType.REQUEST, rng.choice([vp.MAX_JSON_BYTES + 1, 2 ** 32 - 1])) + b"{}", True
+    if kind == 4:
+        full = vp.encode_message(vp.MsgType.REQUEST, _valid_payload(rng))
+        return full[:rng.randrange(1, len(full))], False              # truncated, then EOF
+    if kind == 5:
+        p = rng.choice([b"{", b"not json", b'{"width": }', b"\xff\xff", b"[]", b"null", b"1e999", b"[" * 5000])
+        return H(vp.MsgType.REQUEST, len(p)) + p, True
+    if kind == 6:
+        p = _mutated_request(rng)                                       # may happen to be valid
+        return H(vp.MsgType.REQUEST, len(p)) + p, None
+    if kind == 7:
+        p = _nan_matrix(rng)
+        return H(vp.MsgType.REQUEST, len(p)) + p, True
+    if kind == 8:
+        p = _resolution(rng)
+        return H(vp.MsgType.REQUEST, len(p)) + p, True
+    if kind == 9:
+        p = _valid_payload(rng)
+        return H(rng.choice([vp.MsgType.FRAME, vp.MsgType.STATUS, vp.MsgType.ERROR]), len(p)) + p, True
+    if kind == 10:
+        p = _valid_payload(rng)
+        return H(vp.MsgType.REQUEST, len(p), flags=rng.randrange(1, 65536)) + p, True
+    if kind == 11:
+        obj = make_request().to_json()
+        obj["world_view_transform"] = [[0.0] * 4] * 4                  # singular
+        p = json.dumps(obj).encode()
+        return H(vp.MsgType.REQUEST, len(p)) + p, True
+    if kind == 12:
+        return b"", False                                               # connect, close
+    if kind == 13:
+        p = _valid_payload(rng)
+        return H(vp.MsgType.REQUEST, len(p)) + p + bytes(rng.getrandbits(8) for _ in range(20)), True
+    if kind == 14:
+        return bytes([rng.randrange(256)]) * rng.randrange(1, 5000), None
+    p = _valid_payload(rng)                                             # header says shorter
+    return H(vp.MsgType.REQUEST, max(len(p) - rng.randrange(1, 20), 0)) + p, True
+
+
+def _fuzz(server: ViewerServer, cases: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    counts = {"error_replies": 0, "cases": 0}
+    for _ in range(cases):
+        data, expect_error = _fuzz_case(rng)
+        with connect(server) as s:
+            if data:
+                try:
+                    s.sendall(data)
+                except OSError:
+                    pass
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            reply = read_until_eof(s, limit=5.0)
+        counts["cases"] += 1
+        types = []
+        pos = 0
+        while pos + vp.HEADER_SIZE <= len(reply):
+            h = vp.parse_header(reply[pos:pos + vp.HEADER_SIZE])
+            types.append(h.msg_type)
+            pos += vp.HEADER_SIZE + h.length
+        if vp.MsgType.ERROR in types:
+            counts["error_replies"] += 1
+        if expect_error:
+            assert vp.MsgType.ERROR in types, (data[:80], reply[:200])
+        elif expect_error is False:
+            assert vp.MsgType.ERROR not in types
+    return counts
+
+
+def test_fuzzing_does_not_harm_training(server):
+    run = FakeTraining(server, min_iterations=300)
+    run.start()
+    try:
+        counts = _fuzz(server, cases=2000, seed=1234)
+        assert counts["cases"] == 2000 and counts["error_replies"] > 1000
+        assert run.error is None and run.is_alive()
+        # a well-formed viewer is served afterwards
+        with connect(server) as s:
+            for t in range(4):
+                header, payload = ask(s, make_request(timestep=t))
+                assert header.msg_type == vp.MsgType.FRAME
+                assert vp.decode_frame(payload, header.flags).image.shape == (30, 40, 3)
+    finally:
+        run.stop_event.set()
+        run.join(30)
+    assert run.error is None, repr(run.error)
+    assert server.viewers_accepted >= 2000
+    assert all("\n" not in line for line in server.logs)          # one-line warnings
+    # bit-identical to the same number of iterations without a viewer
+    assert torch.equal(run.model._base_xyz.detach(), reference_params(run.iteration))
