@@ -179,18 +179,21 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
     iter_path = model_path / name / f"ours_{iteration}"
     has_gt = all(getattr(v, "image_uint8", None) is not None for v in views)
     streams = ["renders"] + (["gt"] if has_gt else []) + (["renders_mesh"] if opts.render_mesh else [])
-    for s in streams:
+    for s in streams:  # outputs of an earlier run of these streams would be stale
         _clear_frames(iter_path / s)
+        (iter_path / f"{s}.mp4").unlink(missing_ok=True)
         (iter_path / s).mkdir(parents=True, exist_ok=True)
     bound = getattr(gaussians, "binding", None) is not None and hasattr(gaussians, "select_mesh_by_timestep")
 
     videos = {s: VideoThread(iter_path / f"{s}.mp4", fps=opts.fps) for s in streams} if opts.write_video else {}
     ok = False
+    posed_at = None
     try:
         with AsyncImageWriter(num_workers=opts.num_writers, max_pending=4 * opts.num_writers) as writer:
             for idx, view in enumerate(tqdm(views, desc=f"Rendering {name}", disable=opts.quiet)):
-                if bound and view.timestep is not None:
-                    gaussians.select_mesh_by_timestep(view.timestep)
+                if bound and view.timestep is not None and view.timestep != posed_at:
+                    gaussians.select_mesh_by_timestep(view.timestep)  # views of one frame share it
+                    posed_at = view.timestep
                 rendering = render(view, gaussians, pipeline, background)["render"]
                 gt = view.image_uint8[:3] if has_gt else None
                 # everything that lives on the render device leaves it in one non-blocking copy
@@ -245,7 +248,7 @@ def render_sets(dataset: ModelParams, iteration: int, pipeline: PipelineParams, 
     from scene import Scene
 
     if opts.render_mesh and not dataset.bind_to_mesh:
-        raise SystemExit("error: --render_mesh needs a mesh-bound avatar (trained with --bind_to_mesh)")
+        raise ValueError("--render_mesh needs a mesh-bound avatar (trained with --bind_to_mesh)")
     with torch.no_grad():
         gaussians = build_model(dataset)
         scene = Scene(dataset, gaussians, load_iteration=iteration, shuffle=False, progress=not opts.quiet)
@@ -311,6 +314,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pipeline = PipelineParams.extract(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.render_mesh and not dataset.bind_to_mesh:
+        print("error: --render_mesh needs a mesh-bound avatar (trained with --bind_to_mesh)", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"Rendering {dataset.model_path}")

@@ -246,6 +246,10 @@ def build_gaussians(dataset: ModelParams, device: torch.device) -> Any:
             "--flame_masks_path (or set FLAME_MODEL_PATH / FLAME_MASKS_PATH)") from None
 
 
+def n_finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value != 0.0
+
+
 def is_bound(gaussians: Any) -> bool:
     return getattr(gaussians, "binding", None) is not None
 
@@ -551,9 +555,9 @@ class Trainer:
     def _wants_eval(self, iteration: int) -> bool:
         return iteration in self.run.test_iterations or (self.run.interval > 0 and iteration % self.run.interval == 0)
 
-    def _viewer_args(self, iteration: int, done: bool) -> Dict[str, Any]:
+    def _viewer_args(self, iteration: int, loss: float) -> Dict[str, Any]:
         return dict(iteration=iteration, gaussians=self.gaussians, scene=self.scene, pipe=self.pipe,
-                    background=self.background, training_done=done)
+                    background=self.background, loss=(loss if n_finite(loss) else None))
 
     def _start_viewer(self) -> Any:
         if self.run.port <= 0:
@@ -599,7 +603,7 @@ class Trainer:
                     if stop.requested:
                         self._stop_on_signal(iteration - 1, stop.signum, sync_check)
                     if viewer is not None:
-                        while viewer.handle(**self._viewer_args(iteration, False)):
+                        while viewer.handle(**self._viewer_args(iteration, ema_loss), training_done=False):
                             if stop.requested:
                                 self._stop_on_signal(iteration - 1, stop.signum, sync_check)
 
@@ -656,7 +660,7 @@ class Trainer:
                                 raise NonFiniteLossError(iteration, self.last_good)
                             self.save_checkpoint(iteration)
                 if viewer is not None:
-                    viewer.keep_alive(**self._viewer_args(iteration, True))
+                    viewer.keep_alive(**self._viewer_args(iteration, ema_loss))
             finally:
                 bar.close()
                 if self.tb is not None:

@@ -51,6 +51,7 @@ _SHORT_FLAGS = {
 # Extra spellings accepted for compatibility (the seed README spells one flag this way).
 _ALIASES = {
     "densification_interval": ["--densification_interal"],
+    "compute_cov3D_python": ["--convert_cov3D_python"],
 }
 
 

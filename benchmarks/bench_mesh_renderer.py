@@ -1,7 +1,7 @@
 """Time the PyTorch mesh rasterizer: a ~10k-triangle head-sized mesh at 802x550.
 
     python benchmarks/bench_mesh_renderer.py [--device cpu|cuda|all] [--faces 10000]
-        [--width 802 --height 550] [--flame_dir DIR] [--repeats 10] [--batch 16]
+        [--width 802 --height 550] [--flame_dir DIR] [--repeats 10] [--batch 16] [--threads N]
 
 Uses the FLAME (or procedural) head from --flame_dir when given, else an ellipsoid with about
 --faces triangles. Prints milliseconds per image (median of --repeats), never asserts.
@@ -73,16 +73,18 @@ def bench(device: str, verts, faces, cams, repeats: int, batch: int) -> None:
                            (f"batch{batch}", lambda: render_mesh(v.expand(batch, -1, -1), f, cams[:batch]), batch)):
         fn()
         sync()
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = fn()
             sync()
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         cov = float(out.rgba[..., 3, :, :].mean()) if out.rgba.ndim == 4 else float(out.rgba[3].mean())
         med = statistics.median(times)
         print(f"{device:5s} {label:8s} {cams[0].image_width}x{cams[0].image_height} faces={faces.shape[0]}: "
-              f"{med * 1000:8.1f} ms/call, {med * 1000 / per:7.1f} ms/image (coverage {cov:.2f})")
+              f"{med * 1000:8.1f} ms/call, {med * 1000 / per:7.1f} ms/image "
+              f"(process CPU time {statistics.median(cpu_times) * 1000 / per:.1f} ms/image, coverage {cov:.2f})")
 
 
 def main() -> None:
@@ -94,7 +96,11 @@ def main() -> None:
     ap.add_argument("--flame_dir", default=None)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}")
     verts, faces = head_mesh(a.flame_dir) if a.flame_dir else ellipsoid(a.faces)
     lo, hi = verts.min(0).values.numpy(), verts.max(0).values.numpy()
     cams = make_cameras(a.width, a.height, max(a.batch, 1), (lo + hi) / 2, float(hi[1] - lo[1]))

@@ -141,6 +141,58 @@ def profile_kernels(step, cams) -> dict:
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:15])
 
 
+def cpu_breakdown(n: int, width: int, height: int) -> dict:
+    """Median wall time (us, synchronised) of the pieces of one forward call: where host time goes."""
+    from diff_gaussian_rasterization._checks import check_inputs
+    from diff_gaussian_rasterization._cuda import rasterize_gaussians_cuda
+
+    (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
+    view, fullp, campos = cams[0]
+
+    def settings():
+        return dgr.GaussianRasterizationSettings(
+            image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
+            viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False,
+            backend="cuda")
+
+    s = settings()
+    m2 = torch.zeros_like(means, requires_grad=True)
+    pieces = {
+        "settings+module": lambda: dgr.GaussianRasterizer(settings()),
+        "check_inputs": lambda: check_inputs(s, means, m2, opac, shs, None, scales, rots, None),
+        "cuda_entry_nograd": lambda: rasterize_gaussians_cuda(means.detach(), None, shs.detach(), None,
+                                                              opac.detach(), scales.detach(), rots.detach(), None, s),
+        "cuda_entry_grad": lambda: rasterize_gaussians_cuda(means, m2, shs, None, opac, scales, rots, None, s),
+        "api_forward_grad": lambda: dgr.GaussianRasterizer(settings())(means3D=means, means2D=m2, shs=shs,
+                                                                       opacities=opac, scales=scales,
+                                                                       rotations=rots),
+    }
+    out = {}
+    for name, fn in pieces.items():
+        times = []
+        for _ in range(60):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e6)
+        times.sort()
+        out[name] = round(times[len(times) // 2], 1)
+    img, _ = rasterize_gaussians_cuda(means, m2, shs, None, opac, scales, rots, None, s)
+    times = []
+    for _ in range(60):
+        img, _ = rasterize_gaussians_cuda(means, m2, shs, None, opac, scales, rots, None, s)
+        loss = img.sum()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss.backward()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e6)
+    times.sort()
+    out["backward"] = round(times[len(times) // 2], 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="cuda", choices=["cuda", "reference", "both"])
@@ -148,10 +200,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=802)
     ap.add_argument("--height", type=int, default=550)
     ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
+    ap.add_argument("--cpu-breakdown", action="store_true", help="host time of the pieces of a call")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_rasterizer: needs a CUDA GPU")
         return
+    if args.cpu_breakdown:
+        print(json.dumps({"host_us": cpu_breakdown(args.n, args.width, args.height)}), flush=True)
     backends = ["cuda", "reference"] if args.backend == "both" else [args.backend]
     rows = []
     for b in backends:

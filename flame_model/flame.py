@@ -198,8 +198,9 @@ class FlameHead(torch.nn.Module):
                 ) -> Union[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         B = rotation.shape[0]
         beta = self._coeffs(shape, expr, B)                                      # (B, S+E)
-        v_shaped = self.v_template + torch.einsum("vck,bk->bvc", self.shapedirs, beta)
-        joints = self.J_template + torch.einsum("jck,bk->bjc", self.J_shapedirs, beta)
+        K = beta.shape[1]
+        v_shaped = self.v_template + (beta @ self.shapedirs.view(-1, K).T).view(B, -1, 3)
+        joints = self.J_template + (beta @ self.J_shapedirs.view(-1, K).T).view(B, -1, 3)
         offsets = None
         if static_offset is not None:
             offsets = self._pad_offset(static_offset, "static_offset", B)

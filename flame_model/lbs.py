@@ -76,4 +76,5 @@ def skin(v_posed: torch.Tensor, weights: torch.Tensor, A: torch.Tensor) -> torch
     """Linear blend skinning of (B, V, 3) points with (V, J) weights and (B, J, 4, 4) transforms."""
     B, J = A.shape[:2]
     T = (weights @ A[:, :, :3, :].reshape(B, J, 12)).reshape(B, -1, 3, 4)   # (B, V, 3, 4)
-    return (T[..., :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + T[..., 3]
+    # elementwise product + sum instead of V tiny (3x3)@(3x1) batched matmuls (much faster)
+    return (T[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + T[..., 3]

@@ -27,7 +27,7 @@ def uniform_laplacian(faces: np.ndarray, num_verts: int, dtype=torch.float32) ->
     idx = np.stack([np.concatenate([rows, diag]), np.concatenate([cols, diag])])
     val = np.concatenate([vals, (deg > 0).astype(np.float64)])
     return torch.sparse_coo_tensor(torch.from_numpy(idx), torch.from_numpy(val).to(dtype),
-                                   (num_verts, num_verts)).coalesce()
+                                   (num_verts, num_verts), check_invariants=True).coalesce()
 
 
 def cotangent_laplacian(verts: np.ndarray, faces: np.ndarray, dtype=torch.float32) -> torch.Tensor:
@@ -54,7 +54,8 @@ def cotangent_laplacian(verts: np.ndarray, faces: np.ndarray, dtype=torch.float3
     diag = np.arange(V)
     idx = np.stack([np.concatenate([rows, diag]), np.concatenate([cols, diag])])
     val = np.concatenate([-vals * inv[rows], (np.abs(wsum) > 1e-12).astype(np.float64)])
-    return torch.sparse_coo_tensor(torch.from_numpy(idx), torch.from_numpy(val).to(dtype), (V, V)).coalesce()
+    return torch.sparse_coo_tensor(torch.from_numpy(idx), torch.from_numpy(val).to(dtype), (V, V),
+                                   check_invariants=True).coalesce()
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

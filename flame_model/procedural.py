@@ -79,7 +79,7 @@ def base_radius(d: np.ndarray) -> np.ndarray:
     return (r_head ** p + r_neck ** p) ** (1.0 / p)
 
 
-def face_features(p: np.ndarray, mouth_y: float, mouth_z: float, mouth_half_w: float) -> np.ndarray:
+def face_features(p: np.ndarray, mouth_y: float, mouth_half_w: float) -> np.ndarray:
     """Radial displacement (metres, + outwards) of facial features at base positions p (..., 3)."""
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
     front = smoothstep(0.0, 0.05, z)
@@ -169,8 +169,7 @@ def build_mesh() -> HeadMesh:
     m = MOUTH_HALF_COLS
     mouth_y = float(base[r_m, 0, 1])
     mouth_half_w = float(abs(base[r_m, m, 0]))
-    mouth_z = float(base[r_m, 0, 2])
-    disp = face_features(base, mouth_y, mouth_z, mouth_half_w)
+    disp = face_features(base, mouth_y, mouth_half_w)
     Dn = (base - CENTER) / np.linalg.norm(base - CENTER, axis=-1, keepdims=True)
     grid = base + disp[..., None] * Dn
     # level the mouth line (latitude rings rise towards the sides): lift the centre band
@@ -180,6 +179,7 @@ def build_mesh() -> HeadMesh:
     lift = lift * np.exp(-0.5 * (bx / (1.6 * mouth_half_w)) ** 4)
     grid[..., 1] += lift * band
     mouth_y = float(grid[r_m, 0, 1])
+    mouth_z = float(grid[r_m, 0, 2])
     R, C = grid.shape[:2]
 
     def gid(r, c):
@@ -257,7 +257,6 @@ def build_mesh() -> HeadMesh:
     prev = ring
     pocket_ids = []
     mu0, mv0, mu1, mv1 = MOUTH_UV_RECT
-    ring_uv_start = None
     for k, (depth, h_up, h_lo, sx) in enumerate(loops_spec):
         p = ring_p.copy()
         p[:, 0] = ring_p[:, 0] * sx
@@ -333,15 +332,14 @@ def build_mesh() -> HeadMesh:
     faces[flip] = faces[flip][:, [0, 2, 1]]
     tfaces[flip] = tfaces[flip][:, [0, 2, 1]]
     uvs = np.concatenate(uvs)
-    # keep UV corners consistent with any flipped face
     V = verts_all.shape[0]
 
     # ----- skinning weights (joints: 0 global, 1 neck, 2 jaw, 3 left eye, 4 right eye)
     pos = verts_all
     x, y, z = pos[:, 0], pos[:, 1], pos[:, 2]
     w_global = smoothstep(-0.10, -0.155, y)
-    jaw = (smoothstep(mouth_y + 0.002, mouth_y - 0.012, y) * smoothstep(-0.005, 0.03, z)
-           * smoothstep(-0.115, -0.09, y) * (1.0 - smoothstep(0.06, 0.08, np.abs(x))))
+    jaw = (smoothstep(mouth_y + 0.002, mouth_y - 0.012, y) * smoothstep(-0.01, 0.05, z)
+           * smoothstep(-0.125, -0.085, y) * (1.0 - smoothstep(0.06, 0.08, np.abs(x))))
     lower_lip = np.array([dup[c] for c in slit_cols])
     jaw[lower_lip] = 1.0
     pocket = np.asarray(pocket_ids[:-1]).reshape(len(loops_spec), len(ring))
@@ -454,18 +452,15 @@ def smooth_basis(p: np.ndarray, rng: np.random.Generator, n_rbf: int) -> np.ndar
 
 
 def identity_shapedirs(mesh: HeadMesh, rng: np.random.Generator, n: int = 300) -> np.ndarray:
+    """``n`` smooth random displacement fields (random mixtures of the smooth basis, each scaled to
+    a decaying RMS so the first components matter most; eyeballs move rigidly)."""
     phi = smooth_basis(mesh.proxy, rng, 160)                   # (V, K)
-    evals, evecs = np.linalg.eigh(phi.T @ phi)                  # orthonormalise via the Gram matrix
-    keep = evals > 1e-9 * evals.max()
-    qphi = phi @ (evecs[:, keep] / np.sqrt(evals[keep]))       # orthonormal scalar fields (V, K)
-    K = qphi.shape[1]
-    if 3 * K < n:
-        raise ValueError(f"smooth basis too small for {n} components")
-    mix, _ = np.linalg.qr(rng.standard_normal((K * 3, n)))      # orthonormal mixing (3K, n)
-    V = mesh.verts.shape[0]
-    comps = np.einsum("vk,kcn->vcn", qphi, mix.reshape(K, 3, n))  # orthonormal over (V*3)
-    sigma = 0.005 * (1.0 + np.arange(n)) ** -0.75              # RMS displacement per unit parameter
-    return comps * np.sqrt(V) * sigma
+    phi = phi / np.sqrt((phi ** 2).mean(0, keepdims=True))     # unit RMS per function
+    K = phi.shape[1]
+    comps = np.einsum("vk,kcn->vcn", phi, rng.standard_normal((K, 3, n)))
+    rms = np.sqrt((comps ** 2).sum(1).mean(0))                  # (n,) RMS vertex displacement
+    sigma = 0.003 * (1.0 + np.arange(n)) ** -0.75              # metres per unit parameter
+    return comps * (sigma / rms)
 
 
 def _rot_x(a: float) -> np.ndarray:
@@ -482,7 +477,7 @@ def expression_shapedirs(mesh: HeadMesh, hinge: np.ndarray, rng: np.random.Gener
     mz = mesh.mouth["z"]
     E = np.zeros((V, 3, n))
     # 0: mouth open (linearised jaw rotation of the jaw-weighted region)
-    E[:, :, 0] = mesh.jaw_w[:, None] * ((p - hinge) @ (_rot_x(0.12) - np.eye(3)).T)
+    E[:, :, 0] = mesh.jaw_w[:, None] * ((p - hinge) @ (_rot_x(0.08) - np.eye(3)).T)
     # 1: smile: corners up / out / back, cheeks up
     for s in (1, -1):
         g = gauss(p, (s * hw, my, mz - 0.01), (0.011, 0.010, 0.03))

@@ -83,7 +83,7 @@ class ViewerServer:
         self._idle_since = 0.0
         self._lingering: Deque[Tuple[socket.socket, float]] = deque()
         self.paused = False          # the connected viewer asked to pause training
-        self.keep_alive_requested = False
+        self.keep_alive_requested: Optional[bool] = None   # None: no request from this viewer yet
         self.frames_sent = 0
         self.viewers_dropped = 0
         self.viewers_accepted = 0
@@ -163,11 +163,14 @@ class ViewerServer:
         return self._conn is not None and self.paused and not training_done
 
     def keep_alive(self, iteration: int, gaussians: Any, scene: Any, pipe: Any, background: Any,
-                   loss: Optional[float] = None, max_seconds: Optional[float] = None) -> None:
+                   training_done: bool = True, loss: Optional[float] = None,
+                   max_seconds: Optional[float] = None) -> None:
         """After the last iteration: keep serving while a viewer is connected and asked for
-        keep-alive (returns when it disconnects, unticks keep-alive, or after ``max_seconds``)."""
+        keep-alive, or has not sent its first request yet (returns when it disconnects, unticks
+        keep-alive, goes idle past ``idle_timeout_s``, or after ``max_seconds``).
+        ``training_done`` is accepted for symmetry with :meth:`handle` (always treated as True)."""
         start = time.monotonic()
-        while self._conn is not None and self.keep_alive_requested:
+        while self._conn is not None and self.keep_alive_requested is not False:
             if max_seconds is not None and time.monotonic() - start > max_seconds:
                 break
             self.handle(iteration, gaussians, scene, pipe, background, training_done=True, loss=loss)
@@ -195,7 +198,7 @@ class ViewerServer:
         self._out = None
         self._idle_since = time.monotonic()
         self.paused = False
-        self.keep_alive_requested = False
+        self.keep_alive_requested = None
         self.viewers_accepted += 1
         if not self.quiet:
             self._log(f"[viewer] viewer connected from {self._peer}")
@@ -260,6 +263,8 @@ class ViewerServer:
                training_done: bool, loss: Optional[float]) -> None:
         cfg = self.config
         if self._out is not None:
+            if self.paused or training_done:  # nothing else to do: wait for the socket to drain
+                select.select([], [self._conn], [], cfg.pause_wait_s)
             self._flush()
             if self._out is not None:
                 if time.monotonic() - self._out_progress_at > cfg.write_timeout_s:

@@ -6,7 +6,6 @@ background) on the data device and hands out ``original_image`` as float32 in [0
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -223,28 +222,27 @@ def cameras_from_infos(cam_infos: Sequence["CameraInfo"], resolution_scale: floa
     resolution rule (:func:`utils.image_io.target_resolution`) and the principal point and focal
     lengths are rescaled to match.
     """
-    def job(info: "CameraInfo") -> Dict[str, Any]:
+    def job(item) -> Camera:
+        idx, info = item
         if white_background is None:
             bg = tuple(np.asarray(info.bg, dtype=np.float64).tolist())
         else:
             bg = (1.0, 1.0, 1.0) if white_background else (0.0, 0.0, 0.0)
-        return _load_one(info, resolution, resolution_scale, bg, load_images)
-
-    results = parallel_map(job, list(cam_infos), num_workers=num_workers, desc=desc, progress=progress)
-    cams: List[Camera] = []
-    for idx, (info, res) in enumerate(zip(cam_infos, results)):
+        res = _load_one(info, resolution, resolution_scale, bg, load_images)
         w, h = res["size"]
         intr = res["intr"]
         dec: Optional[DecodedImage] = res["decoded"]
-        cams.append(Camera(
+        return Camera(
             colmap_id=info.uid, R=info.R, T=info.T, FoVx=intr["FoVx"], FoVy=intr["FoVy"],
             image_width=w, image_height=h, image_name=info.image_name, uid=idx,
             image=None if dec is None else dec.rgb,
             alpha_mask=None if dec is None else dec.alpha,
             data_device=data_device, timestep=info.timestep, camera_id=info.camera_id,
             cx=intr["cx"], cy=intr["cy"], fl_x=intr["fl_x"], fl_y=intr["fl_y"],
-            image_path=info.image_path))
-    return cams
+            image_path=info.image_path)
+
+    # decoding, resizing, compositing and the upload all run in the pool (PIL/torch release the GIL)
+    return parallel_map(job, list(enumerate(cam_infos)), num_workers=num_workers, desc=desc, progress=progress)
 
 
 def camera_to_json(id: int, camera: Camera) -> Dict[str, Any]:

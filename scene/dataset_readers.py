@@ -120,10 +120,11 @@ def storePly(path: str, xyz: np.ndarray, rgb: np.ndarray) -> None:
 
     dtype = [("x", "f4"), ("y", "f4"), ("z", "f4"), ("nx", "f4"), ("ny", "f4"), ("nz", "f4"),
              ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    normals = np.zeros_like(xyz)
-    elements = np.empty(xyz.shape[0], dtype=dtype)
-    attributes = np.concatenate((xyz, normals, rgb), axis=1)
-    elements[:] = list(map(tuple, attributes))
+    elements = np.zeros(xyz.shape[0], dtype=dtype)
+    for i, k in enumerate("xyz"):
+        elements[k] = xyz[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        elements[k] = rgb[:, i]
     tmp = f"{path}.tmp{os.getpid()}"
     PlyData([PlyElement.describe(elements, "vertex")]).write(tmp)
     os.replace(tmp, path)
@@ -265,7 +266,7 @@ def read_cameras_from_transforms(root: str, transforms_file: str, white_backgrou
         image_path = _resolve_image_path(root, str(frame["file_path"]), extension)
         if not os.path.isfile(image_path):
             raise DatasetError(f"{where}.file_path: image not found: {image_path}")
-        image_name = os.path.splitext(os.path.relpath(image_path, root))[0]
+        image_name = os.path.splitext(os.path.basename(image_path))[0]
 
         fovx = _frame_float(frame, "camera_angle_x", json_path, idx)
         if fovx is None and file_fovx is not None:

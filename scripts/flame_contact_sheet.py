@@ -87,7 +87,8 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, uv: np.ndarray, tidx: np.nda
     tx = np.clip((uvp[:, 0] * tw_).astype(int), 0, tw_ - 1)
     ty = np.clip(((1 - uvp[:, 1]) * th).astype(int), 0, th - 1)
     col = tex[ty, tx, :3] / 255.0
-    light = np.array([0.3, 0.4, 1.0])
+    # head light: from the camera, slightly above and to the right
+    light = (eye - target) / np.linalg.norm(eye - target) + 0.3 * Rw[0] - 0.4 * Rw[1]
     light /= np.linalg.norm(light)
     shade = 0.35 + 0.65 * np.clip(nrm[face[sel]] @ light, 0, 1)
     img[pix[sel]] = col * shade[:, None]
@@ -107,7 +108,13 @@ POSES = [
     ("pucker (e4=3)", {"expr": {4: 3.0}}),
     ("shape +3 / -3", {"shape": {0: 3.0, 1: -3.0}}),
     ("jaw 0.3 side view", {"jaw": [0.3, 0, 0], "view": "side"}),
+    ("jaw 0.4, from below (teeth)", {"jaw": [0.4, 0, 0], "view": "below"}),
+    ("smile+brows+jaw 0.15", {"expr": {1: 2.5, 2: 2.0}, "jaw": [0.15, 0, 0]}),
+    ("global rot (0.2, -0.6, 0)", {"rotation": [0.2, -0.6, 0.0]}),
+    ("back view", {"view": "back"}),
 ]
+VIEWS = {"front": [0.0, 0.0, 0.75], "side": [0.55, 0.0, 0.5], "below": [0.0, -0.35, 0.55],
+         "back": [0.0, 0.05, -0.75]}
 
 
 def pose_tensors(spec: dict, flame: FlameHead):
@@ -144,7 +151,7 @@ def main(argv=None) -> int:
             verts, _ = flame(*pose_tensors(spec, flame))
         v = verts[0].numpy()
         target = np.array([0.0, -0.01, 0.0])
-        eye = np.array([0.0, 0.0, 0.75]) if spec.get("view") != "side" else np.array([0.55, 0.0, 0.5])
+        eye = np.array(VIEWS[spec.get("view", "front")])
         img = rasterize(v, faces, uv, tidx, tex, eye, target, size=args.size)
         tile = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
         ImageDraw.Draw(tile).text((4, 4), label, fill=(0, 0, 0))

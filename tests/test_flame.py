@@ -208,7 +208,7 @@ def test_chumpy_pickle_loads_without_chumpy(assets, raw, tmp_path, monkeypatch):
         pickle.dump(data, fh, protocol=2)
     monkeypatch.delitem(sys.modules, "chumpy")
     monkeypatch.delitem(sys.modules, "chumpy.ch")
-    assert b"chumpy.ch" in path.read_bytes()[:20000] or b"chumpy" in path.read_bytes()
+    assert b"chumpy" in path.read_bytes()
     arrays = load_flame_arrays(path)
     np.testing.assert_array_equal(arrays["shapedirs"], raw["shapedirs"].astype(np.float64))
     np.testing.assert_array_equal(arrays["J_regressor"], raw["J_regressor"].toarray())
@@ -280,7 +280,7 @@ def test_jaw_moves_lower_teeth_and_chin_not_forehead(flame):
     v = flame.v_template
     face = flame.mask.get_vid("face")
     chin = face[torch.argmin(v[face, 1])]
-    assert d[chin] > 0.01
+    assert d[chin] > 0.005
 
 
 def test_eye_rotation_moves_only_eyeballs(flame):
@@ -405,3 +405,65 @@ def test_procedural_is_deterministic():
     for k in ("v_template", "shapedirs", "posedirs", "weights"):
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["shapedirs"], c["shapedirs"])
+
+
+def test_landmark_embedding_files(tmp_path, assets):
+    d = {"static_lmk_faces_idx": np.array([3, 4]), "static_lmk_bary_coords": np.array([[0.5, 0.5, 0.0]] * 2),
+         "full_lmk_faces_idx": np.array([[1, 2, 3]]), "full_lmk_bary_coords": np.full((1, 3, 3), 1 / 3)}
+    np.save(tmp_path / "landmark_embedding.npy", np.array(d, dtype=object), allow_pickle=True)
+    head = FlameHead(300, 100, flame_model_path=assets / "flame2023.pkl", add_teeth=False,
+                     landmark_embedding_path=tmp_path / "landmark_embedding.npy")
+    assert head.lmk_faces_idx.tolist() == [1, 2, 3]
+    z = zero_params(1)
+    v, _, lmk = head(**z, return_landmarks=True)
+    torch.testing.assert_close(lmk[0, 0], v[0, head.faces[1]].mean(0))
+
+
+def test_teeth_uvs_lie_in_their_rectangle(flame):
+    from flame_model.teeth import TEETH_UV_RECT
+    fid = flame.mask.get_fid("teeth")
+    uv = flame.verts_uvs[flame.textures_idx[fid]].reshape(-1, 2)
+    u0, v0, u1, v1 = TEETH_UV_RECT
+    assert bool(((uv[:, 0] >= u0) & (uv[:, 0] <= u1) & (uv[:, 1] >= v0) & (uv[:, 1] <= v1)).all())
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_chumpy_states_and_old_protocols(tmp_path, monkeypatch, protocol):
+    class Ch:
+        pass
+    mod_pkg, mod_ch = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
+    Ch.__module__, Ch.__qualname__ = "chumpy.ch", "Ch"
+    mod_ch.Ch = Ch
+    monkeypatch.setitem(sys.modules, "chumpy", mod_pkg)
+    monkeypatch.setitem(sys.modules, "chumpy.ch", mod_ch)
+    a, b, c = Ch(), Ch(), Ch()
+    a.x = np.arange(6.0).reshape(2, 3)
+    b.value = np.ones(4)                    # no 'x': the single array entry is used
+    c.note = "no array here"
+    J = scipy.sparse.csc_matrix(np.array([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]))
+    path = tmp_path / "m.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"a": a, "b": b, "J_regressor": J, "s": "lbs"}, fh, protocol=protocol)
+    with open(tmp_path / "bad.pkl", "wb") as fh:
+        pickle.dump({"c": c}, fh, protocol=protocol)
+    monkeypatch.delitem(sys.modules, "chumpy")
+    monkeypatch.delitem(sys.modules, "chumpy.ch")
+    d = load_pickle_dict(path)
+    np.testing.assert_array_equal(d["a"], a.x)
+    np.testing.assert_array_equal(d["b"], np.ones(4))
+    np.testing.assert_array_equal(d["J_regressor"], J.toarray())
+    assert d["s"] == "lbs"
+    with pytest.raises(pickle.UnpicklingError, match="no value under state key 'x'"):
+        load_pickle_dict(tmp_path / "bad.pkl")
+
+
+def test_flame_topology_uses_the_published_lip_ring_ids():
+    from flame_model.teeth import FLAME_LIP_RINGS
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((5023, 3))
+    rings = find_lip_rings(v, np.zeros((0, 3), dtype=np.int64), {})
+    assert set(rings.inner_upper.tolist()) == set(FLAME_LIP_RINGS["lip_inner_ring_upper"])
+    assert set(rings.outer_lower.tolist()) == set(FLAME_LIP_RINGS["lip_outer_ring_lower"])
+    assert np.all(np.diff(v[rings.inner_lower, 0]) >= 0)
+    with pytest.raises(ValueError, match="lip ring keys"):
+        find_lip_rings(rng.standard_normal((100, 3)), np.zeros((0, 3), dtype=np.int64), {})

@@ -118,10 +118,10 @@ def test_shape_mismatch_is_an_error():
 @pytest.fixture(scope="session")
 def vgg_file(tmp_path_factory) -> Path:
     """A torchvision-format VGG16 checkpoint with random weights (features only: small, fast)."""
-    import torchvision
+    from torchvision.models import vgg
 
     torch.manual_seed(0)
-    feats = torchvision.models.vgg16().features.state_dict()
+    feats = vgg.make_layers(vgg.cfgs["D"]).state_dict()  # == torchvision.models.vgg16().features
     path = tmp_path_factory.mktemp("vgg") / mu.VGG16_FILENAME
     torch.save({f"features.{k}": v for k, v in feats.items()}, path)
     return path
@@ -182,7 +182,7 @@ def test_lpips_unavailable_without_weights(tmp_path, monkeypatch):
     assert not expected.exists()
 
 
-def test_lpips_rejects_bad_weights_file(tmp_path):
+def test_lpips_rejects_bad_weights_file(tmp_path, vgg_file):
     bad = tmp_path / "vgg.pth"
     bad.write_bytes(b"not a checkpoint")
     loaded = mu.load_lpips(bad, allow_download=False)
@@ -191,6 +191,12 @@ def test_lpips_rejects_bad_weights_file(tmp_path):
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, wrong)
     loaded = mu.load_lpips(wrong, allow_download=False)
     assert not loaded.available and "features.0.bias" in loaded.note
+    state = torch.load(vgg_file, weights_only=True)
+    state["features.2.weight"] = torch.zeros(64, 64, 5, 5)  # wrong kernel size
+    shaped = tmp_path / "shaped.pth"
+    torch.save(state, shaped)
+    loaded = mu.load_lpips(shaped, allow_download=False)
+    assert not loaded.available and str(shaped) in loaded.note and "do not fit" in loaded.note
     missing = mu.load_lpips(tmp_path / "nope.pth", allow_download=False)
     assert not missing.available and "nope.pth" in missing.note
 

@@ -380,6 +380,32 @@ def test_mesh_overlay_and_its_absence(server, training, monkeypatch):
         srv2.close()
 
 
+def test_keep_alive_serves_until_the_viewer_lets_go(server):
+    model = TrainableDemo()
+    done = threading.Event()
+
+    def serve():
+        server.keep_alive(99, model, None, DemoPipe(), torch.ones(3), training_done=True, max_seconds=20)
+        done.set()
+
+    server.keep_alive(99, model, None, DemoPipe(), torch.ones(3), max_seconds=20)   # nobody: returns
+    with connect(server) as s:
+        while not server.connected:
+            server.handle(99, model, None, DemoPipe(), torch.ones(3))
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        header, payload = ask(s, make_request(keep_alive=True))          # accepted by keep_alive's loop
+        frame = vp.decode_frame(payload, header.flags)
+        assert frame.status.training_done and frame.status.iteration == 99
+        assert not frame.status.training_paused
+        ask(s, make_request(keep_alive=True, render=False))
+        time.sleep(0.2)
+        assert not done.is_set()                                         # still serving
+        ask(s, make_request(keep_alive=False, render=False))
+        assert done.wait(10)
+        t.join(10)
+
+
 # ---------------------------------------------------------------------------------------------
 # fuzzing
 
@@ -493,6 +519,8 @@ def _fuzz(server: ViewerServer, cases: int, seed: int) -> dict:
 
 def test_fuzzing_does_not_harm_training(server):
     run = FakeTraining(server, min_iterations=300)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)        # let the fuzzing thread in often (CPU-bound trainer thread)
     run.start()
     try:
         counts = _fuzz(server, cases=2000, seed=1234)
@@ -507,8 +535,135 @@ def test_fuzzing_does_not_harm_training(server):
     finally:
         run.stop_event.set()
         run.join(30)
+        sys.setswitchinterval(switch)
     assert run.error is None, repr(run.error)
     assert server.viewers_accepted >= 2000
     assert all("\n" not in line for line in server.logs)          # one-line warnings
     # bit-identical to the same number of iterations without a viewer
     assert torch.equal(run.model._base_xyz.detach(), reference_params(run.iteration))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: train.py on the reference rasterizer, with and without a hostile viewer
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    paths = [REPO, os.path.join(REPO, "submodules", "diff-gaussian-rasterization"),
+             os.path.join(REPO, "submodules", "simple-knn")]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def avatar_subject(tmp_path_factory):
+    """Procedural FLAME + a tiny synthetic subject (as tests/test_train.py builds them)."""
+    flame = str(tmp_path_factory.mktemp("flame"))
+    subprocess.run([sys.executable, "-m", "flame_model.procedural", "--out", flame], cwd=REPO, env=_env(),
+                   check=True, capture_output=True)
+    subject = str(tmp_path_factory.mktemp("subject"))
+    subprocess.run([sys.executable, "-m", "scene.synthetic", "--out", subject, "--flame_dir", flame,
+                    "--width", "48", "--height", "40", "--num_cameras", "3", "--num_timesteps", "3",
+                    "--device", "cpu", "--quiet"], cwd=REPO, env=_env(), check=True, capture_output=True)
+    return flame, subject
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_cmd(flame: str, subject: str, model: str, port: int, iterations: int) -> List[str]:
+    return [sys.executable, os.path.join(REPO, "train.py"), "-s", subject, "-m", model, "--bind_to_mesh",
+            "--eval", "--white_background", "--data_device", "cpu", "--port", str(port), "--quiet",
+            "--interval", "0", "--sh_degree", "1", "--iterations", str(iterations), "--seed", "0",
+            "--flame_model_path", os.path.join(flame, "flame2023.pkl"),
+            "--flame_masks_path", os.path.join(flame, "FLAME_masks.pkl")]
+
+
+class HostileViewer(threading.Thread):
+    """Against a live train.py: cycles of (connect, pause training, valid renders of other
+    timesteps / the original mesh / the mesh overlay, then one malformed message), plus raw junk
+    connections, until the trainer goes away."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop_event = threading.Event()
+        self.frames = 0
+        self.errors = 0
+        self.cycles = 0
+        self.num_timesteps = 0
+
+    def _connect(self) -> Optional[socket.socket]:
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        except OSError:
+            return None
+        s.settimeout(60)
+        return s
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        while not self.stop_event.is_set():
+            s = self._connect()
+            if s is None:
+                time.sleep(0.05)
+                continue
+            try:
+                with s:
+                    self._cycle(s, rng)
+            except (OSError, vp.ProtocolError, vp.PeerClosed):
+                pass
+            self.cycles += 1
+
+    def _cycle(self, s: socket.socket, rng: random.Random) -> None:
+        header, payload = ask(s, make_request(timestep=0, train=False, render=False))
+        if header.msg_type == vp.MsgType.ERROR:
+            return
+        self.num_timesteps = vp.decode_status(payload).num_timesteps
+        for opts in (dict(original_mesh=True), dict(show_mesh=True, mesh_opacity=0.5), dict(jpeg_quality=60)):
+            t = rng.randrange(max(self.num_timesteps, 1))
+            header, payload = ask(s, make_request(width=24, height=20, timestep=t, train=False, **opts))
+            assert header.msg_type == vp.MsgType.FRAME
+            frame = vp.decode_frame(payload, header.flags)
+            assert frame.status.training_paused and frame.image.shape == (20, 24, 3)
+            self.frames += 1
+        data, _ = _fuzz_case(rng)
+        if data:
+            s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        if vp.MsgType.ERROR.value in read_until_eof(s, 30)[5:6]:
+            self.errors += 1
+
+
+@pytest.mark.slow
+def test_train_py_with_a_hostile_viewer_matches_a_run_without(avatar_subject, tmp_path):
+    flame, subject = avatar_subject
+    port = _free_port()
+    iterations = 8
+    quiet_run = subprocess.Popen(_train_cmd(flame, subject, str(tmp_path / "plain"), 0, iterations),
+                                 cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    viewed_run = subprocess.Popen(_train_cmd(flame, subject, str(tmp_path / "viewed"), port, iterations),
+                                  cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hostile = HostileViewer(port)
+    hostile.start()
+    try:
+        out_viewed, _ = viewed_run.communicate(timeout=400)
+        out_plain, _ = quiet_run.communicate(timeout=400)
+    finally:
+        hostile.stop_event.set()
+        hostile.join(60)
+        for p in (quiet_run, viewed_run):
+            if p.poll() is None:
+                p.kill()
+    assert quiet_run.returncode == 0, out_plain[-3000:]
+    assert viewed_run.returncode == 0, out_viewed[-3000:]
+    assert hostile.cycles >= 3 and hostile.frames >= 6, (hostile.cycles, hostile.frames)
+    assert hostile.num_timesteps > 0
+    assert "dropped viewer" in out_viewed                          # one-line warnings were printed
+    print(f"hostile viewer: {hostile.cycles} cycles, {hostile.frames} frames, {hostile.errors} error replies")
+    rel = os.path.join("point_cloud", f"iteration_{iterations}")
+    for name in ("point_cloud.ply", "flame_param.npz"):
+        with open(tmp_path / "plain" / rel / name, "rb") as f1, open(tmp_path / "viewed" / rel / name, "rb") as f2:
+            assert f1.read() == f2.read(), name

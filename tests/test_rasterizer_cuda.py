@@ -1,8 +1,9 @@
 """CUDA tile rasterizer (``diff_gaussian_rasterization._C``) against the package's PyTorch reference.
 
 The reference (``diff_gaussian_rasterization.reference``) runs in float64 on the same GPU and is
-the independent expectation: images within 1e-4 (max abs pixel difference), identical radii,
-and gradients of a random linear loss within 1e-3 relative (vector norm per input tensor).
+the independent expectation: pixels within 1e-4 (except at most 0.1% of pixels, within 1e-2,
+where a float32 threshold decision may legitimately flip), identical radii, and gradients of a
+random linear loss within 1e-3 relative (vector norm per input tensor).
 All tests need a GPU and the compiled extension (marker ``cuda``).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.cuda
 
 IMG_TOL = 1e-4
 GRAD_RTOL = 1e-3
+FLIP_FRACTION = 1e-3   # share of pixels allowed past IMG_TOL (threshold decisions, see compare())
+FLIP_TOL = 1e-2        # bound of such a pixel's difference
 
 
 def _require_cuda() -> None:
@@ -142,8 +145,14 @@ def compare(scene, s32, *, img_tol: float = IMG_TOL, grad_rtol: float = GRAD_RTO
     assert img.dtype == torch.float32 and img.shape == (3, s32.image_height, s32.image_width)
     assert radii.dtype == torch.int32
     assert torch.equal(radii.cpu(), radii_r.cpu()), "radii differ"
-    err = (img.double() - img_r).abs().max().item()
-    assert err < img_tol, f"max abs pixel difference {err:.3g}"
+    err = (img.double() - img_r).abs()
+    # float32 kernels vs float64 reference: a (pixel, splat) pair whose alpha lies within rounding of
+    # the 1/255 cut (or whose transmittance lies at the 1e-4 stop) may be decided differently; such a
+    # pair moves its pixel by at most 1/255 of a colour. Allow a few such pixels, nothing else.
+    n_bad = int((err > img_tol).sum())
+    allowed = max(2, int(FLIP_FRACTION * err[0].numel()))
+    assert n_bad <= allowed and err.max().item() < FLIP_TOL, (
+        f"{n_bad} pixel values differ by more than {img_tol} (allowed {allowed}); max {err.max().item():.3g}")
     for k, gr in grads_r.items():
         gc = grads[k]
         assert gc is not None and gc.shape == gr.shape, k

@@ -163,13 +163,15 @@ def numpy_render(settings, means3D, opacities, colors=None, shs=None, scales=Non
     for y in range(H):
         for x in range(W):
             tile = (x // 16, y // 16)
-            lst = [s for s in splats if s["rect"][0] <= tile[0] < s["rect"][2] and s["rect"][1] <= tile[1] < s["rect"][3]]
+            lst = [s for s in splats
+                   if s["rect"][0] <= tile[0] < s["rect"][2] and s["rect"][1] <= tile[1] < s["rect"][3]]
             lst.sort(key=lambda s: (s["depth"], s["i"]))
             T = 1.0
             C = np.zeros(3)
             for s in lst:
                 d = np.array([s["xy"][0] - x, s["xy"][1] - y])
-                power = -0.5 * (s["conic"][0, 0] * d[0] ** 2 + s["conic"][1, 1] * d[1] ** 2) - s["conic"][0, 1] * d[0] * d[1]
+                con = s["conic"]
+                power = -0.5 * (con[0, 0] * d[0] ** 2 + con[1, 1] * d[1] ** 2) - con[0, 1] * d[0] * d[1]
                 if power > 0:
                     continue
                 alpha = min(0.99, s["op"] * math.exp(power))
@@ -239,22 +241,29 @@ def test_float32_matches_float64():
     np.testing.assert_allclose(image32.detach().numpy(), image64.detach().numpy(), atol=2e-5)
 
 
-def test_chunking_and_checkpointing_do_not_change_results():
+def test_chunking_blocks_and_recompute_do_not_change_results():
+    """Chunk size, internal block size and backward recomputation are implementation details."""
     settings = make_settings(width=48, height=40)
     scene = random_scene(60, settings, seed=4, scale=(0.05, 0.3))
+    scene["opacities"][:5] = 0.003                    # below 1/255: never contributes
     args = (scene["means3D"], None, scene["shs"], None, scene["opacities"], scene["scales"], scene["rotations"],
             None, settings)
-    base = reference.rasterize_gaussians(*args)[0]
+    base = reference.rasterize_gaussians(*args, block=16)[0]
     means = scene["means3D"].clone().requires_grad_(True)
     grads = []
-    for chunk, ckpt in [(1 << 21, 1 << 30), (300, 0), (16 * 16 * 3, 1 << 30)]:
+    configs = [dict(block=16), dict(block=8), dict(block=4), dict(block=1),
+               dict(chunk_elements=300, checkpoint_elements=0),
+               dict(block=16, chunk_elements=16 * 16 * 3, checkpoint_elements=0)]
+    for config in configs:
         means.grad = None
-        img = reference.rasterize_gaussians(means, *args[1:], chunk_elements=chunk, checkpoint_elements=ckpt)[0]
+        img = reference.rasterize_gaussians(means, *args[1:], **config)[0]
         torch.testing.assert_close(img.detach(), base, atol=1e-12, rtol=0)
         img.sum().backward()
         grads.append(means.grad.clone())
-    torch.testing.assert_close(grads[1], grads[0], atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grads[2], grads[0], atol=1e-12, rtol=1e-10)
+    for grad in grads[1:]:
+        torch.testing.assert_close(grad, grads[0], atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="block must divide"):
+        reference.rasterize_gaussians(*args, block=6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,3 +668,19 @@ def test_moderate_scene_forward_backward(capsys):
     for name in ("means3D", "shs", "scales", "rotations", "opacities"):
         assert torch.isfinite(scene[name].grad).all(), name
     assert means2D.grad[:, :2].abs().sum() > 0 and torch.all(means2D.grad[:, 2] == 0)
+
+
+@pytest.mark.cuda
+def test_reference_on_cuda_tensors_matches_cpu():
+    settings = make_settings(w2c=tilted_w2c(), sh_degree=3, dtype=torch.float32)
+    scene = {k: v.float() for k, v in random_scene(40, settings, seed=9).items()}
+    image_cpu, radii_cpu = render(settings, scene)
+    cuda_settings = settings._replace(**{k: getattr(settings, k).cuda()
+                                         for k in ("bg", "viewmatrix", "projmatrix", "campos")})
+    cuda_scene = {k: v.cuda().requires_grad_(True) for k, v in scene.items()}
+    image, radii = render(cuda_settings, cuda_scene)
+    assert image.is_cuda and radii.is_cuda
+    torch.testing.assert_close(radii.cpu(), radii_cpu)
+    torch.testing.assert_close(image.detach().cpu(), image_cpu, atol=1e-5, rtol=0)
+    image.sum().backward()
+    assert torch.isfinite(cuda_scene["means3D"].grad).all()

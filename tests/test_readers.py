@@ -165,7 +165,7 @@ def test_blender_reader(tmp_path):
         assert _project(cam, np.array([[0.0, 0.3, 0.0]]))[0, 1] < (16 - 1) / 2
         # camera centre matches the transform's translation
     c2w0 = np.array(frames["train"][0]["transform_matrix"])
-    assert np.allclose(cams[0].camera_center.numpy(), c2w0[:3, 3], atol=1e-5)
+    assert np.allclose(cams[0].camera_center.cpu().numpy(), c2w0[:3, 3], atol=1e-5)
     # white background composited where alpha < 255
     img = Image.open(tmp_path / "train" / "r_0.png")
     arr = np.asarray(img).astype(float)

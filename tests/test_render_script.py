@@ -150,3 +150,214 @@ def test_copy_to_host_cuda_is_async_and_exact():
     host.wait()
     np.testing.assert_array_equal(host.data[0].numpy(), to_hwc_uint8(imgs[0].cpu()))
     np.testing.assert_array_equal(host.data[1].numpy(), imgs[1].permute(1, 2, 0).cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# render.py end to end on a tiny FLAME-bound avatar
+# ---------------------------------------------------------------------------------------------
+
+W, H = 47, 33          # odd on purpose: the videos must be padded to 48 x 34
+ITER = 3
+
+
+def _subset_model(g, step: int, seed: int = 0) -> None:
+    """Keep every ``step``-th splat (fast CPU rendering) with random colours and larger splats."""
+    import math
+
+    keep = torch.arange(0, g.num_points if hasattr(g, "num_points") else g._xyz.shape[0], step)
+    n = len(keep)
+    gen = torch.Generator().manual_seed(seed)
+    g._set_params(g._xyz[keep].detach(), torch.rand(n, 1, 3, generator=gen) * 2 - 1,
+                  g._features_rest[keep].detach(), torch.full((n, 3), math.log(4.0)),
+                  g._rotation[keep].detach(), torch.full((n, 1), 2.0))
+    g.binding = g.binding[keep]
+    g.binding_counter = g._count_bindings(g.binding)
+
+
+@pytest.fixture(scope="module")
+def avatar(tmp_path_factory):
+    """A saved FLAME-bound model (cfg_args + PLY + flame_param.npz) on a synthetic subject, and a
+    second synthetic subject to reenact with."""
+    from arguments import ModelParams, save_cfg_args
+    from flame_model.procedural import write_assets
+    from scene import Scene
+    from scene.flame_gaussian_model import FlameGaussianModel
+    from scene.synthetic import SyntheticConfig, generate
+
+    root = tmp_path_factory.mktemp("avatar")
+    flame_dir = write_assets(root / "flame", seed=0, with_texture=False)
+    common = dict(flame_dir=str(flame_dir), width=W, height=H, num_cameras=2, progress=False)
+    generate(SyntheticConfig(out=str(root / "subject"), num_timesteps=3, seed=0, **common))
+    generate(SyntheticConfig(out=str(root / "tgt"), num_timesteps=2, test_fraction=0.5, seed=1, **common))
+    params = ModelParams(source_path=str(root / "subject"), model_path=str(root / "model"), data_device="cpu",
+                         eval=True, bind_to_mesh=True, white_background=True, sh_degree=1,
+                         flame_model_path=str(flame_dir / "flame2023.pkl"),
+                         flame_masks_path=str(flame_dir / "FLAME_masks.pkl"))
+    g = FlameGaussianModel(1, flame_model_path=params.flame_model_path,
+                           flame_masks_path=params.flame_masks_path, device="cpu")
+    scene = Scene(params, g, shuffle=False, progress=False)
+    _subset_model(g, step=20)
+    save_cfg_args(params.model_path, params)
+    scene.save(ITER)
+    return {"root": root, "model": root / "model", "target": root / "tgt", "params": params}
+
+
+def _load(avatar, **overrides):
+    """Independent load of the saved model (what render.py should have rendered)."""
+    import dataclasses
+
+    from scene import Scene
+    from scene.flame_gaussian_model import FlameGaussianModel
+
+    p = dataclasses.replace(avatar["params"], **overrides)
+    g = FlameGaussianModel(1, flame_model_path=p.flame_model_path, flame_masks_path=p.flame_masks_path,
+                           device="cpu")
+    return Scene(p, g, load_iteration=-1, shuffle=False, progress=False), g
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _check_video(path: Path, pngs: list[Path]) -> None:
+    frames, size = vu.read_video_frames(path)
+    assert size == (W + 1, H + 1), path
+    assert len(frames) == len(pngs), path
+    for f, p in zip(frames, pngs):  # same frames in the same order (lossy codec)
+        assert np.abs(f[:H, :W].astype(int) - _png(p).astype(int)).mean() < 12, (path, p)
+
+
+def _pipe():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(convert_SHs_python=False, compute_cov3D_python=False, debug=False, backend="auto")
+
+
+def test_render_all_splits_with_mesh(avatar):
+    import render
+    from gaussian_renderer import render as gs_render
+    from utils.mesh_renderer import render_mesh
+
+    model = avatar["model"]
+    rc = render.main(["-m", str(model), "--render_mesh", "--quiet", "--num_writers", "2"])
+    assert rc == 0
+    expected = {"train": 2, "val": 2, "test": 2}  # 2 cameras x 3 timesteps: cam 1 = val, t 2 = test
+    for split, n in expected.items():
+        out = model / split / f"ours_{ITER}"
+        for stream in ("renders", "gt", "renders_mesh"):
+            pngs = sorted((out / stream).glob("*.png"))
+            assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(n)], (split, stream)
+            _check_video(out / f"{stream}.mp4", pngs)
+        assert not list(out.rglob(".*tmp*"))
+
+    # the test frames are the model's renders / the dataset images / the mesh over gt, in order
+    scene, g = _load(avatar)
+    bg = torch.ones(3)
+    out = model / "test" / f"ours_{ITER}"
+    with torch.no_grad():
+        for i, view in enumerate(scene.getTestCameras()):
+            g.select_mesh_by_timestep(view.timestep)
+            img = gs_render(view, g, _pipe(), bg)["render"]
+            np.testing.assert_array_equal(_png(out / "renders" / f"{i:05d}.png"), to_hwc_uint8(img))
+            gt = view.image_uint8.permute(1, 2, 0).numpy()
+            np.testing.assert_array_equal(_png(out / "gt" / f"{i:05d}.png"), gt)
+            rgba = render_mesh(g.verts[0], g.faces, camera=view).rgba
+            alpha = rgba[3].numpy() > 0
+            assert 0.05 < alpha.mean() < 0.95  # the head is in view, not covering everything
+            mesh_png = _png(out / "renders_mesh" / f"{i:05d}.png").astype(int)
+            np.testing.assert_array_equal(mesh_png[~alpha], gt[~alpha])  # untouched off the mesh
+            blend = (rgba[:3].permute(1, 2, 0).numpy() * 0.5 + gt / 255.0 * 0.5)[alpha]
+            assert np.abs(mesh_png[alpha] - blend * 255).max() <= 1.0  # 50% mesh over gt
+
+    # metrics.py reads what render.py wrote (test -> results.json, val -> results_val.json)
+    import json
+
+    import metrics
+
+    assert metrics.main(["-m", str(model), "--no_lpips", "--device", "cpu", "--quiet"]) == 0
+    for res_name, pv_name in (("results.json", "per_view.json"), ("results_val.json", "per_view_val.json")):
+        res = json.loads((model / res_name).read_text())
+        assert list(res) == [f"ours_{ITER}"]
+        assert 0 < res[f"ours_{ITER}"]["PSNR"] < 100 and -1 < res[f"ours_{ITER}"]["SSIM"] < 1
+        assert list(json.loads((model / pv_name).read_text())[f"ours_{ITER}"]["PSNR"]) == ["00000.png", "00001.png"]
+
+
+def test_render_reenactment_with_target(avatar):
+    import render
+
+    model, target = avatar["model"], avatar["target"]
+    rc = render.main(["-m", str(model), "-t", str(target), "--select_camera_id", "1", "--render_mesh",
+                      "--quiet", "--num_writers", "2"])
+    assert rc == 0
+    out = model / "tgt_1" / f"ours_{ITER}"  # named after the target folder (+ camera id)
+    n = 2  # the target's 2 timesteps seen by camera 1 (all target splits merged)
+    for stream in ("renders", "gt", "renders_mesh"):
+        pngs = sorted((out / stream).glob("*.png"))
+        assert len(pngs) == n, stream
+        _check_video(out / f"{stream}.mp4", pngs)
+    # ground truth is the target's own images; the avatar follows the target's motion
+    scene, _ = _load(avatar, target_path=str(target), select_camera_id=1)
+    views = scene.getTestCameras()
+    assert len(views) == n and all(v.camera_id == 1 for v in views)
+    for i, v in enumerate(views):
+        np.testing.assert_array_equal(_png(out / "gt" / f"{i:05d}.png"), v.image_uint8.permute(1, 2, 0).numpy())
+    r0, r1 = _png(out / "renders" / "00000.png"), _png(out / "renders" / "00001.png")
+    assert np.abs(r0.astype(int) - r1.astype(int)).mean() > 0.5  # the motion changes the frames
+    assert (r0 < 250).any()  # the avatar is visible on the white background
+
+
+def test_render_no_video_clears_stale_frames_and_bad_models(avatar, tmp_path, capsys):
+    import render
+
+    model = avatar["model"]
+    stale = model / "test" / f"ours_{ITER}" / "renders" / "00099.png"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(stale)
+    rc = render.main(["-m", str(model), "--skip_train", "--skip_val", "--no_video", "--quiet",
+                      "--iteration", str(ITER)])
+    assert rc == 0
+    out = model / "test" / f"ours_{ITER}"
+    assert not stale.exists()
+    assert len(list((out / "renders").glob("*.png"))) == 2
+    # videos of the rewritten streams would no longer match their frames: removed
+    assert not (out / "renders.mp4").exists() and not (out / "gt.mp4").exists()
+    assert (out / "renders_mesh.mp4").exists()  # a stream this run did not touch is left alone
+
+    assert render.main(["-m", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "model folder not found" in capsys.readouterr().err
+    empty = tmp_path / "untrained"
+    empty.mkdir()
+    (empty / "cfg_args").write_text((model / "cfg_args").read_text())
+    assert render.main(["-m", str(empty), "--quiet"]) == 1
+    assert "iteration" in capsys.readouterr().err
+    assert render.main(["-m", str(model), "--iteration", "999", "--quiet"]) == 1
+    assert "iteration_999" in capsys.readouterr().err
+
+
+def test_render_plain_3dgs_model(tmp_path, capsys):
+    """A model trained without --bind_to_mesh (plain 3DGS, Blender layout) renders too; the mesh
+    overlay is refused with a clear message."""
+    import render
+    from arguments import ModelParams, save_cfg_args
+    from scene import Scene
+    from scene.gaussian_model import GaussianModel
+    from test_scene import make_blender_scene
+
+    src = make_blender_scene(str(tmp_path / "src"), n_train=2, n_test=1, size=31, n_points=200)
+    params = ModelParams(source_path=src, model_path=str(tmp_path / "model"), data_device="cpu", eval=True,
+                         sh_degree=1)
+    scene = Scene(params, GaussianModel(1, device="cpu"), progress=False)
+    save_cfg_args(params.model_path, params)
+    scene.save(2)
+    assert render.main(["-m", params.model_path, "--quiet", "--num_writers", "1"]) == 0
+    out = tmp_path / "model"
+    for split, n in (("train", 2), ("test", 1)):
+        for stream in ("renders", "gt"):
+            pngs = sorted((out / split / "ours_2" / stream).glob("*.png"))
+            assert len(pngs) == n
+            frames, size = vu.read_video_frames(out / split / "ours_2" / f"{stream}.mp4")
+            assert size == (32, 32) and len(frames) == n
+    assert not (out / "val").exists()  # no val cameras in a Blender scene: nothing written
+    assert render.main(["-m", params.model_path, "--quiet", "--render_mesh"]) == 2
+    assert "--render_mesh needs a mesh-bound avatar" in capsys.readouterr().err

@@ -45,8 +45,8 @@ def _ground_truth_model(n: int = 150, seed: int = 0) -> SimpleNamespace:
                            active_sh_degree=0)
 
 
-def make_blender_scene(root: str, n_train: int = 6, n_test: int = 2, size: int = 48, fovx: float = 0.8,
-                       radius: float = 3.5, n_points: int = 300) -> str:
+def make_blender_scene(root: str, n_train: int = 6, n_test: int = 2, size: int = 32, fovx: float = 0.8,
+                       radius: float = 3.5, n_points: int = 120) -> str:
     """Write ``transforms_{train,test}.json``, PNG images and ``points3d.ply`` under ``root``."""
     from gaussian_renderer import render
     from scene.cameras import Camera
@@ -108,7 +108,7 @@ def test_fresh_scene_writes_cameras_and_input(blender_scene, tmp_path):
     assert len(scene.getTrainCameras()) == 6 and len(scene.getTestCameras()) == 2
     assert scene.getValCameras() == []
     assert scene.loaded_iter is None
-    assert g.get_xyz.shape == (300, 3)
+    assert g.get_xyz.shape == (120, 3)
     assert os.path.isfile(os.path.join(out, "input.ply"))
     with open(os.path.join(blender_scene, "points3d.ply"), "rb") as a, open(os.path.join(out, "input.ply"), "rb") as b:
         assert a.read() == b.read()
@@ -118,13 +118,13 @@ def test_fresh_scene_writes_cameras_and_input(blender_scene, tmp_path):
     assert [c["id"] for c in cams] == list(range(8))
     with open(os.path.join(blender_scene, "transforms_train.json")) as fh:
         frames = json.load(fh)["frames"]
-    fx_expected = 48 / (2 * math.tan(0.4))
+    fx_expected = 32 / (2 * math.tan(0.4))
     for cam, frame in zip(cams[:6], frames):
         c2w = np.array(frame["transform_matrix"])
         np.testing.assert_allclose(cam["position"], c2w[:3, 3], atol=1e-6)
         flip = c2w[:3, :3] * np.array([1, -1, -1])
         np.testing.assert_allclose(np.array(cam["rotation"]), flip, atol=1e-6)
-        assert cam["width"] == 48 and cam["height"] == 48
+        assert cam["width"] == 32 and cam["height"] == 32
         assert cam["fx"] == pytest.approx(fx_expected) and cam["fy"] == pytest.approx(fx_expected)
         assert set(cam) >= {"id", "img_name", "width", "height", "position", "rotation", "fx", "fy"}
     # extent: 1.1 x max distance of camera centres to their mean

@@ -17,11 +17,14 @@ W, H, T, NC = 96, 66, 5, 16
 
 
 @pytest.fixture(scope="module")
-def subject(tmp_path_factory):
-    from flame_model.procedural import write_assets
+def subject(request, tmp_path_factory):
+    try:   # the session-wide procedural FLAME assets of tests/conftest.py, when present
+        flame_dir = request.getfixturevalue("flame_assets")
+    except pytest.FixtureLookupError:
+        from flame_model.procedural import write_assets
 
-    flame_dir = tmp_path_factory.mktemp("flame")
-    write_assets(str(flame_dir), seed=0)
+        flame_dir = tmp_path_factory.mktemp("flame")
+        write_assets(str(flame_dir), seed=0)
     out = tmp_path_factory.mktemp("subject")
     info = generate(SyntheticConfig(out=str(out), flame_dir=str(flame_dir), width=W, height=H,
                                     num_cameras=NC, num_timesteps=T, seed=3, progress=False))
@@ -91,18 +94,25 @@ def test_round_trip_geometry(subject, flame):
                               white_background=True, progress=False)
     posed = {t: _pose(flame, meshes[t]) for t in meshes}
     ious = []
-    for cam in cams:
-        verts = posed[cam.timestep]
-        alpha = cam.alpha_mask[0].float() / 255
-        assert torch.all(cam.original_image[:, alpha == 0] == 1.0)       # white background
-        uv = _project(cam, verts).round().long()
-        inb = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
-        assert inb.float().mean() > 0.99
-        dil = F.max_pool2d(alpha[None, None], 3, 1, 1)[0, 0]
-        assert torch.all(dil[uv[inb, 1], uv[inb, 0]] > 0), cam.image_name
-        out = render_mesh(verts, flame.faces, cam, shading=False)
-        m0, m1 = alpha > 0.5, out.rgba[3] > 0.5
-        ious.append(float((m0 & m1).sum()) / float((m0 | m1).sum()))
+    for t in sorted(posed):
+        group = [c for c in cams if c.timestep == t]
+        verts = posed[t]
+        rerender = render_mesh(verts.expand(len(group), -1, -1), flame.faces, group, shading=False)
+        for cam, rgba in zip(group, rerender.rgba):
+            alpha = cam.alpha_mask[0].float() / 255
+            assert torch.all(cam.original_image[:, alpha == 0] == 1.0)       # white background
+            uv = _project(cam, verts).round().long()
+            inb = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+            assert inb.float().mean() > 0.99
+            # point-sampled coverage misses sub-pixel slivers (an ear seen edge-on): every vertex is
+            # within 2 px of the silhouette and nearly all within 1 px
+            dil1 = F.max_pool2d(alpha[None, None], 3, 1, 1)[0, 0]
+            dil2 = F.max_pool2d(alpha[None, None], 5, 1, 2)[0, 0]
+            assert torch.all(dil2[uv[inb, 1], uv[inb, 0]] > 0), cam.image_name
+            assert (dil1[uv[inb, 1], uv[inb, 0]] > 0).float().mean() > 0.995, cam.image_name
+            m0, m1 = alpha > 0.5, rgba[3] > 0.5
+            ious.append(float((m0 & m1).sum()) / float((m0 | m1).sum()))
+    assert len(ious) == len(cams)
     assert min(ious) > 0.99
 
 

@@ -78,19 +78,24 @@ def run_training(argv: Sequence[str]) -> "train.TrainResult":
                           train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
 
 
-def avatar_argv(subject: str, flame_dir: str, model: str, iterations: int, *extra: str) -> List[str]:
+def avatar_argv(subject: str, flame_dir: str, model: str, iterations: int, *extra: str,
+                schedule: Optional[int] = None) -> List[str]:
+    """Avatar run; ``schedule`` (default: ``iterations``) sets the lr decay and densification end,
+    so that a shorter run can be the first part of a longer one."""
+    schedule = iterations if schedule is None else schedule
     return ["-s", subject, "-m", model, *AVATAR_FLAGS, *flame_flags(flame_dir),
-            "--iterations", str(iterations), "--position_lr_max_steps", str(iterations),
+            "--iterations", str(iterations), "--position_lr_max_steps", str(schedule),
             "--densify_from_iter", "100", "--densification_interval", "100", "--opacity_reset_interval", "100000",
-            "--densify_until_iter", str(iterations), *extra]
+            "--densify_until_iter", str(schedule), *extra]
 
 
-def blender_argv(scene: str, model: str, iterations: int, *extra: str) -> List[str]:
+def blender_argv(scene: str, model: str, iterations: int, *extra: str, schedule: Optional[int] = None) -> List[str]:
+    schedule = iterations if schedule is None else schedule
     return ["-s", scene, "-m", model, "--eval", "--data_device", "cpu", "--port", "0", "--quiet",
             "--interval", "0", "--sh_degree", "0", "--iterations", str(iterations),
             "--position_lr_init", "0.00016", "--position_lr_final", "0.0000016", "--scaling_lr", "0.005",
-            "--position_lr_max_steps", str(iterations), "--densify_from_iter", "50", "--densification_interval", "50",
-            "--opacity_reset_interval", "100000", "--densify_until_iter", str(iterations), *extra]
+            "--position_lr_max_steps", str(schedule), "--densify_from_iter", "50", "--densification_interval", "50",
+            "--opacity_reset_interval", "100000", "--densify_until_iter", str(schedule), *extra]
 
 
 def read_ply_arrays(path: str) -> Dict[str, np.ndarray]:
@@ -157,22 +162,22 @@ def test_avatar_resume_matches_uninterrupted_run(subject, flame_dir, tmp_path):
     full = str(tmp_path / "full")
     run_training(avatar_argv(subject, flame_dir, full, n, *extra))
     part = str(tmp_path / "part")
-    first = run_training(avatar_argv(subject, flame_dir, part, k, *extra, "--checkpoint_iterations", str(k)))
+    first = run_training(avatar_argv(subject, flame_dir, part, k, *extra, "--checkpoint_iterations", str(k), schedule=n))
     ckpt = os.path.join(part, f"chkpnt{k}.pth")
     assert first.checkpoints == [ckpt]
     assert os.path.isfile(os.path.join(part, train.LAST_GOOD_CHECKPOINT))
-    resumed = run_training(avatar_argv(subject, flame_dir, part, n, *extra, "--start_checkpoint", ckpt))
+    resumed = run_training(avatar_argv(subject, flame_dir, part, n, *extra, "--start_checkpoint", ckpt, schedule=n))
     assert resumed.final_iteration == n
     _assert_same_model(full, part, n)
 
 
 def test_plain_resume_matches_uninterrupted_run(blender, tmp_path):
-    n, k = 80, 35
-    extra = ["--densify_from_iter", "20", "--densification_interval", "20", "--seed", "5"]
+    n, k = 40, 25  # densification at 20 (before the break), 30 and 40 (after it)
+    extra = ["--densify_from_iter", "10", "--densification_interval", "10", "--seed", "5"]
     full = str(tmp_path / "full")
     run_training(blender_argv(blender, full, n, *extra))
     part = str(tmp_path / "part")
-    run_training(blender_argv(blender, part, k, *extra, "--checkpoint_iterations", str(k)))
+    run_training(blender_argv(blender, part, k, *extra, "--checkpoint_iterations", str(k), schedule=n))
     run_training(blender_argv(blender, part, n, *extra, "--start_checkpoint", os.path.join(part, f"chkpnt{k}.pth")))
     _assert_same_model(full, part, n)
 
@@ -358,3 +363,98 @@ def test_plain_3dgs_psnr_rises(blender, tmp_path):
     assert after > before + PLAIN_MIN_GAIN_DB
     arrays = read_ply_arrays(result.saved_plys[0])
     assert "binding_0" not in arrays
+
+
+class FakeViewer:
+    """Stands in for gaussian_renderer.network_gui.ViewerServer: pauses once at iteration 3."""
+
+    def __init__(self):
+        self.handled: List[int] = []
+        self.pauses = 0
+        self.kept_alive: Optional[int] = None
+        self.closed = False
+
+    def handle(self, iteration, gaussians, scene, pipe, background, training_done=False, loss=None):
+        self.handled.append(iteration)
+        assert not training_done and gaussians is not None and scene is not None
+        if iteration == 3 and self.pauses < 2:
+            self.pauses += 1
+            return True
+        return False
+
+    def keep_alive(self, iteration, gaussians, scene, pipe, background, loss=None, max_seconds=None):
+        self.kept_alive = iteration
+
+    def close(self):
+        self.closed = True
+
+
+def test_viewer_link_is_served_every_iteration(blender, tmp_path, monkeypatch):
+    from gaussian_renderer import network_gui
+
+    fake = FakeViewer()
+    started = {}
+
+    def start(ip, port, quiet=False, **kw):
+        started.update(ip=ip, port=port, quiet=quiet)
+        return fake
+
+    monkeypatch.setattr(network_gui.ViewerServer, "start", staticmethod(start))
+    argv = blender_argv(blender, str(tmp_path / "m"), 5)
+    argv[argv.index("--port") + 1] = "60123"
+    run_training(argv)
+    assert started == {"ip": "127.0.0.1", "port": 60123, "quiet": True}
+    assert fake.handled == [1, 2, 3, 3, 3, 4, 5]  # paused twice at 3, no training meanwhile
+    assert fake.kept_alive == 5 and fake.closed
+
+
+# ------------------------------------------------------------------------------------------
+# helpers: PSNR, checkpoint files, RNG state
+# ------------------------------------------------------------------------------------------
+
+def test_psnr_matches_definition():
+    from utils.image_utils import mse, psnr
+
+    a = torch.zeros(3, 4, 5)
+    b = torch.full((3, 4, 5), 0.1)
+    assert float(psnr(a, b)) == pytest.approx(20.0)  # MSE 0.01 -> 20 dB
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2, 3, 6, 7)), rng.random((2, 3, 6, 7))
+    expected = [10 * np.log10(1.0 / np.mean((x[i] - y[i]) ** 2)) for i in range(2)]
+    got = psnr(torch.from_numpy(x).float(), torch.from_numpy(y).float())
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    assert float(psnr(a, a)) == pytest.approx(100.0)  # MSE floored at 1e-10
+    with pytest.raises(ValueError, match="shapes differ"):
+        mse(a, b[:, :2])
+
+
+def test_rng_state_round_trip():
+    import random
+
+    from utils.checkpoint import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state()
+    first = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(), random.gauss(0, 1))
+    restore_rng_state(state)
+    second = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(), random.gauss(0, 1))
+    assert first == second
+
+
+def test_load_checkpoint_rejects_bad_files(tmp_path):
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(str(tmp_path / "none.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_checkpoint(str(junk))
+    evil = tmp_path / "evil.pth"
+    torch.save({"format": "gaussian-avatars-checkpoint", "iteration": 1, "model": FakeViewer()}, str(evil))
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_checkpoint(str(evil))  # weights_only refuses pickled classes
+    other = tmp_path / "other.pth"
+    torch.save({"something": torch.zeros(1)}, str(other))
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(str(other))

@@ -72,10 +72,13 @@ class DecodedImage:
 
 def composite_uint8(rgb: np.ndarray, alpha: np.ndarray, background: Sequence[float]) -> np.ndarray:
     """``rgb * a + bg * (1 - a)`` in exact integer arithmetic (rounded), uint8 in and out."""
-    bg = np.clip(np.round(np.asarray(background, dtype=np.float64) * 255.0), 0, 255).astype(np.uint32)
-    a = alpha.astype(np.uint32)[..., None]
-    out = rgb.astype(np.uint32) * a + bg[None, None, :] * (255 - a)
-    return ((out + 127) // 255).astype(np.uint8)
+    bg = np.clip(np.round(np.asarray(background, dtype=np.float64) * 255.0), 0, 255).astype(np.uint16)
+    a = alpha.astype(np.uint16)[..., None]
+    out = rgb.astype(np.uint16) * a          # <= 255 * 255, fits uint16
+    out += bg[None, None, :] * (255 - a)     # the sum is still <= 255 * 255
+    out += 127
+    out //= 255
+    return out.astype(np.uint8)
 
 
 def load_image(path: str, size: Optional[Tuple[int, int]] = None,

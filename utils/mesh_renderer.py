@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 _EMPTY = torch.iinfo(torch.int64).max
 _NEAR = 1e-4
+_EDGE_EPS = 1e-5
 DEFAULT_CHUNK = 1 << 22
 
 
@@ -95,13 +96,12 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, full_proj_transform: tor
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
     valid = (tz > _NEAR).all(-1) & (area.abs() > 1e-10)
     inv_area = torch.where(valid, 1.0 / torch.where(valid, area, torch.ones_like(area)), torch.zeros_like(area))
-    # barycentric b_i(x, y) = A_i x + B_i y + C_i (affine in screen space)
-    A0, B0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area
-    C0 = (x1 * y2 - x2 * y1) * inv_area
-    A1, B1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area
-    C1 = (x2 * y0 - x0 * y2) * inv_area
+    # barycentrics in coordinates local to vertex 0 (less cancellation than a global affine form):
+    # b1 = a1 dx + c1 dy, b2 = a2 dx + c2 dy, b0 = 1 - b1 - b2 with (dx, dy) = p - v0
+    e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
     inv_z = 1.0 / torch.where(valid.unsqueeze(-1), tz, torch.ones_like(tz))
-    coef = torch.stack([A0, B0, C0, A1, B1, C1, inv_z[..., 0], inv_z[..., 1], inv_z[..., 2]], -1).reshape(B * nF, 9)
+    coef = torch.stack([x0, y0, e2y * inv_area, -e2x * inv_area, -e1y * inv_area, e1x * inv_area,
+                        inv_z[..., 0], inv_z[..., 1], inv_z[..., 2]], -1).reshape(B * nF, 9)
 
     xmin = torch.ceil(tri[..., 0].amin(-1)).clamp(0, W - 1)
     xmax = torch.floor(tri[..., 0].amax(-1)).clamp(-1, W - 1)
@@ -113,7 +113,7 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, full_proj_transform: tor
     bw = (xmax - xmin + 1).clamp(min=0).long()
     bh = (ymax - ymin + 1).clamp(min=0).long()
     counts = torch.where(valid & ~offscreen, bw * bh, torch.zeros_like(bw)).reshape(-1)
-    xmin_f, ymin_f, bw_f = xmin.long().reshape(-1), ymin.long().reshape(-1), bw.reshape(-1)
+    xmin_f, ymin_f = xmin.long().reshape(-1), ymin.long().reshape(-1)
 
     zbuf = torch.full((B * H * W,), _EMPTY, dtype=torch.int64, device=device)
     live = (counts > 0)
@@ -158,15 +158,21 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, full_proj_transform: tor
         rem = pix_idx % (H * W)
         px = (rem % W).float()
         py = (rem // W).float()
-        b0 = c[:, 0] * px + c[:, 1] * py + c[:, 2]
-        b1 = c[:, 3] * px + c[:, 4] * py + c[:, 5]
-        b2 = 1.0 - b0 - b1
+        b0, b1, b2 = _bary(c[:, 0], c[:, 1], c[:, 2], c[:, 3], c[:, 4], c[:, 5], px, py)
+        b0, b1, b2 = b0.clamp(min=0), b1.clamp(min=0), b2.clamp(min=0)
         q = torch.stack([b0 * c[:, 6], b1 * c[:, 7], b2 * c[:, 8]], -1)
         s = q.sum(-1, keepdim=True)
         bary[pix_idx] = q / s
         depth[pix_idx] = 1.0 / s.squeeze(-1)
     face_local = torch.where(fid_flat >= 0, fid_flat % max(nF, 1), fid_flat)
     return Rasterized(face_id=face_local.view(B, H, W), bary=bary.view(B, H, W, 3), depth=depth.view(B, H, W))
+
+
+def _bary(x0, y0, a1, c1, a2, c2, px, py):
+    dx, dy = px - x0, py - y0
+    b1 = a1 * dx + c1 * dy
+    b2 = a2 * dx + c2 * dy
+    return 1.0 - b1 - b2, b1, b2
 
 
 def _scatter_bucket(sel: torch.Tensor, bw: int, bh: int, coef_t: torch.Tensor, xmin: torch.Tensor,
@@ -180,11 +186,10 @@ def _scatter_bucket(sel: torch.Tensor, bw: int, bh: int, coef_t: torch.Tensor, x
     py = ymin[sel].unsqueeze(1) + ly
     c = coef_t[:, sel].unsqueeze(-1)                               # (9,n,1)
     pxf, pyf = px.float(), py.float()
-    b0 = c[0] * pxf + c[1] * pyf + c[2]
-    b1 = c[3] * pxf + c[4] * pyf + c[5]
-    b2 = 1.0 - b0 - b1
+    b0, b1, b2 = _bary(c[0], c[1], c[2], c[3], c[4], c[5], pxf, pyf)
     inv_z = b0 * c[6] + b1 * c[7] + b2 * c[8]
-    inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0) & (inv_z > 0)
+    # a tiny tolerance closes float cracks along shared edges (the depth test resolves overlaps)
+    inside = (b0 >= -_EDGE_EPS) & (b1 >= -_EDGE_EPS) & (b2 >= -_EDGE_EPS) & (inv_z > 0)
     inside &= (px <= xmax[sel].unsqueeze(1)) & (py <= ymax[sel].unsqueeze(1))
     idx = torch.nonzero(inside.reshape(-1)).squeeze(1)
     if idx.numel() == 0:

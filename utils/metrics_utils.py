@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 import torch
 
 __all__ = [
-    "VGG16_FILENAME", "VGG16_URL", "LpipsUnavailable", "LpipsVGG", "default_vgg16_path",
+    "VGG16_FILENAME", "VGG16_URL", "LpipsUnavailable", "LpipsVGG", "LpipsLoad", "default_vgg16_path",
     "psnr_per_image", "ssim_per_image", "locate_vgg16_weights", "load_lpips", "lpips_help",
 ]
 
@@ -37,6 +37,8 @@ VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILENAME
 _VGG16_HASH_PREFIX = "397923af"
 _VGG16_CONV_IDS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_VGG16_CONV_CH = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+                  (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512))
 
 
 class LpipsUnavailable(RuntimeError):
@@ -152,6 +154,12 @@ def _load_vgg16_features(path: Path) -> dict:
     if missing:
         raise LpipsUnavailable(f"{path}: not a torchvision VGG16 state dict (missing {', '.join(missing[:4])}"
                                f"{'...' if len(missing) > 4 else ''})")
+    for i, (cin, cout) in zip(_VGG16_CONV_IDS, _VGG16_CONV_CH):
+        w, b = feats[f"{i}.weight"], feats[f"{i}.bias"]
+        if tuple(w.shape) != (cout, cin, 3, 3) or tuple(b.shape) != (cout,):
+            raise LpipsUnavailable(f"{path}: VGG16 weights do not fit the LPIPS trunk: features.{i} has "
+                                   f"weight {tuple(w.shape)} / bias {tuple(b.shape)}, expected "
+                                   f"{(cout, cin, 3, 3)} / {(cout,)}")
     return feats
 
 
@@ -165,10 +173,9 @@ def _fill_trunk(trunk: torch.nn.Module, feats: dict, path: Path) -> None:
                 if key in feats:
                     remapped[f"{slice_name}.{key}"] = feats[key]
     try:
-        result = trunk.load_state_dict(remapped, strict=True)
-    except RuntimeError as exc:  # shape mismatch / uncovered tensors
+        trunk.load_state_dict(remapped, strict=True)  # strict: every trunk tensor must be covered
+    except RuntimeError as exc:  # shape mismatch
         raise LpipsUnavailable(f"{path}: VGG16 weights do not fit the LPIPS trunk: {exc}") from exc
-    del result
 
 
 class LpipsVGG:

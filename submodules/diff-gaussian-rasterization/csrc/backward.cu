@@ -2,8 +2,8 @@
 //
 // 1. render_backward_kernel: per tile, back to front, recomputes each pixel's blending state and
 //    the gradients w.r.t. each splat's 2D mean, conic, opacity and colour; they are summed over the
-//    32 pixels of a warp with shuffles, then one lane per quantity group adds them to the splat's
-//    accumulator (3 float4 atomics per warp and splat instead of 9 scalar atomics per pixel).
+//    32 pixels of a warp with a transposing shuffle butterfly, then nine lanes add the nine totals to
+//    the splat's accumulator (one atomic instruction per warp and splat instead of 9 per pixel).
 // 2. preprocess_backward_kernel: per splat, chains those through the EWA projection, the 3D
 //    covariance (scale / quaternion or precomputed) and the SH colour model.
 #include "common.cuh"
@@ -11,19 +11,36 @@
 
 namespace gsr {
 
+// Sums eight per-lane values over the warp with a transposing butterfly (9 shuffles instead of 40):
+// afterwards lane L holds the warp total of value (L >> 2) & 7.
+__device__ __forceinline__ float warp_sum8(float v[8], int lane) {
+    const bool h16 = lane & 16, h8 = lane & 8, h4 = lane & 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float send = h16 ? v[i] : v[i + 4];
+        const float keep = h16 ? v[i + 4] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 16);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const float send = h8 ? v[i] : v[i + 2];
+        const float keep = h8 ? v[i + 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 8);
+    }
+    {
+        const float send = h4 ? v[0] : v[1];
+        const float keep = h4 ? v[1] : v[0];
+        v[0] = keep + __shfl_xor_sync(0xffffffffu, send, 4);
+    }
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], 2);
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], 1);
+    return v[0];
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-
-__device__ __forceinline__ void atomic_add4(float4* dst, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    atomicAdd(dst, v);
-#else
-    float* d = reinterpret_cast<float*>(dst);
-    atomicAdd(d, v.x); atomicAdd(d + 1, v.y); atomicAdd(d + 2, v.z);
-#endif
 }
 
 __global__ void __launch_bounds__(kBlock) render_backward_kernel(
@@ -93,7 +110,7 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
             const float dx = m.x - fx, dy = m.y - fy;
             const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
             contrib = contrib && power <= 0.0f;
-            const float G = expf(power);
+            const float G = __expf(power);
             const float raw_alpha = co.w * G;
             const float alpha = fminf(kMaxAlpha, raw_alpha);
             contrib = contrib && alpha >= kMinAlpha;
@@ -124,13 +141,17 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
                 gc_y = -gdx * dy * dL_dG;
                 gc_z = -0.5f * gdy * dy * dL_dG;
             }
-            gm_x = warp_sum(gm_x); gm_y = warp_sum(gm_y); gop = warp_sum(gop);
-            gc_x = warp_sum(gc_x); gc_y = warp_sum(gc_y); gc_z = warp_sum(gc_z);
-            gr = warp_sum(gr); gg = warp_sum(gg); gb = warp_sum(gb);
-            const int id = s_id[j];
-            if (lane == 0) atomic_add4(accum + 3 * (int64_t)id, make_float4(gm_x, gm_y, gop, 0.f));
-            else if (lane == 1) atomic_add4(accum + 3 * (int64_t)id + 1, make_float4(gc_x, gc_y, gc_z, 0.f));
-            else if (lane == 2) atomic_add4(accum + 3 * (int64_t)id + 2, make_float4(gr, gg, gb, 0.f));
+            // accumulator row (12 floats): [mean2D x, y, opacity, -, conic xx, xy, yy, -, r, g, b, -]
+            float v[8] = {gm_x, gm_y, gop, gc_x, gc_y, gc_z, gr, gg};
+            const float s8 = warp_sum8(v, lane);
+            const float s_b = warp_sum(gb);
+            float* row = reinterpret_cast<float*>(accum + 3 * (int64_t)s_id[j]);
+            if ((lane & 3) == 0) {
+                const int k = lane >> 2;
+                atomicAdd(row + k + k / 3, s8);
+            } else if (lane == 1) {
+                atomicAdd(row + 10, s_b);
+            }
         }
     }
 }
@@ -188,7 +209,12 @@ __global__ void preprocess_backward_kernel(Camera cam, SplatInputs in, const int
         g.opacities[i] = 0.f;
         if (g.colors) for (int k = 0; k < 3; ++k) g.colors[3 * i + k] = 0.f;
         if (g.cov3D) for (int k = 0; k < 6; ++k) g.cov3D[6 * i + k] = 0.f;
-        if (g.shs) for (int k = 0; k < 3 * nb_all; ++k) g.shs[(int64_t)i * 3 * nb_all + k] = 0.f;
+        if (g.shs) {
+            float zero[48];
+#pragma unroll
+            for (int k = 0; k < 48; ++k) zero[k] = 0.f;
+            store_row(g.shs + (int64_t)i * nb_all * 3, 0, 3 * nb_all, rows_vectorisable(g.shs, 3 * nb_all), zero);
+        }
         if (g.scales) for (int k = 0; k < 3; ++k) g.scales[3 * i + k] = 0.f;
         if (g.rotations) for (int k = 0; k < 4; ++k) g.rotations[4 * i + k] = 0.f;
         return;
@@ -340,9 +366,10 @@ __global__ void preprocess_backward_kernel(Camera cam, SplatInputs in, const int
         float vx = p.x - __ldg(cam.campos), vy = p.y - __ldg(cam.campos + 1), vz = p.z - __ldg(cam.campos + 2);
         const float inv = rsqrtf(vx * vx + vy * vy + vz * vz);
         const float x = vx * inv, y = vy * inv, z = vz * inv;
-        float basis[16];
+        float basis[16] = {};
         sh_basis(deg, x, y, z, basis);
-        const float* sh = in.shs + (int64_t)i * nb_all * 3;
+        float sh[48];
+        load_row48(in.shs + (int64_t)i * nb_all * 3, 3 * nb, rows_vectorisable(in.shs, 3 * nb_all), sh);
         float raw[3] = {0.5f, 0.5f, 0.5f};
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
@@ -355,20 +382,16 @@ __global__ void preprocess_backward_kernel(Camera cam, SplatInputs in, const int
         const float gr = raw[0] < 0.f ? 0.f : a2.x;
         const float gg = raw[1] < 0.f ? 0.f : a2.y;
         const float gbl = raw[2] < 0.f ? 0.f : a2.z;
-        float* dsh = g.shs + (int64_t)i * nb_all * 3;
+        float dsh[48];
         float wsh[16];
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
-            if (k < nb) {
-                dsh[3 * k] = basis[k] * gr;
-                dsh[3 * k + 1] = basis[k] * gg;
-                dsh[3 * k + 2] = basis[k] * gbl;
-                wsh[k] = sh[3 * k] * gr + sh[3 * k + 1] * gg + sh[3 * k + 2] * gbl;
-            } else {
-                wsh[k] = 0.f;
-            }
+            dsh[3 * k] = basis[k] * gr;
+            dsh[3 * k + 1] = basis[k] * gg;
+            dsh[3 * k + 2] = basis[k] * gbl;
+            wsh[k] = (k < nb) ? sh[3 * k] * gr + sh[3 * k + 1] * gg + sh[3 * k + 2] * gbl : 0.f;
         }
-        for (int k = nb; k < nb_all; ++k) { dsh[3 * k] = 0.f; dsh[3 * k + 1] = 0.f; dsh[3 * k + 2] = 0.f; }
+        store_row(g.shs + (int64_t)i * nb_all * 3, 3 * nb, 3 * nb_all, rows_vectorisable(g.shs, 3 * nb_all), dsh);
         const float3 gd = sh_dir_grad(deg, x, y, z, wsh);
         // d normalize(v) / dv = (I - n n^T) / |v|
         const float ndot = x * gd.x + y * gd.y + z * gd.z;

@@ -3,6 +3,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -108,21 +109,95 @@ gsr::SplatInputs make_inputs(const Tensor& means3D, const Tensor& colors, const 
     return in;
 }
 
-struct Buffers {
-    Tensor xy, depth, conic_opacity, rgb, radii, tiles;
-    gsr::SplatState state() {
-        gsr::SplatState s;
-        s.xy = reinterpret_cast<float2*>(xy.data_ptr<float>());
-        s.depth = depth.data_ptr<float>();
-        s.conic_opacity = reinterpret_cast<float4*>(conic_opacity.data_ptr<float>());
-        s.rgb = rgb.data_ptr<float>();
-        s.radii = radii.data_ptr<int>();
-        s.tiles_touched = tiles.data_ptr<int64_t>();
-        return s;
+// Carves aligned sub-buffers out of one byte tensor (first pass with base == nullptr: sizes only),
+// so that a pass makes a handful of allocations from the caching allocator instead of one per array.
+class Carver {
+public:
+    explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
+    template <typename T>
+    T* take(int64_t count) {
+        off_ = (off_ + 255) & ~size_t(255);
+        T* p = base_ ? reinterpret_cast<T*>(base_ + off_) : nullptr;
+        off_ += sizeof(T) * (size_t)std::max<int64_t>(count, 0);
+        return p;
     }
+    size_t size() const { return off_ + 256; }
+
+private:
+    char* base_;
+    size_t off_ = 0;
 };
 
-// Returns (color, radii, xy, conic_opacity, rgb, point_list, ranges, final_T, n_contrib, num_rendered).
+// Per-splat state of a forward pass (radii live in their own tensor: they are returned to the caller).
+struct GeomLayout {
+    gsr::SplatState st;
+    int64_t* offsets;
+    void* scan_tmp;
+    size_t scan_bytes;
+};
+
+GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t& bytes) {
+    Carver c(base);
+    GeomLayout g;
+    g.st.xy = c.take<float2>(n);
+    g.st.depth = c.take<float>(n);
+    g.st.conic_opacity = c.take<float4>(n);
+    g.st.rgb = c.take<float>(3 * n);
+    g.st.radii = radii;
+    g.st.tiles_touched = c.take<int64_t>(n);
+    g.offsets = c.take<int64_t>(n);
+    g.scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
+    g.scan_tmp = c.take<char>((int64_t)g.scan_bytes);
+    bytes = c.size();
+    return g;
+}
+
+// Per-pair buffers; point_list comes first so that the backward pass finds it at offset 0.
+struct BinLayout {
+    int32_t* point_list;
+    int32_t* vals_unsorted;
+    uint64_t* keys_unsorted;
+    uint64_t* keys_sorted;
+    void* sort_tmp;
+    size_t sort_bytes;
+};
+
+BinLayout carve_bins(void* base, int64_t pairs, int end_bit, size_t& bytes) {
+    Carver c(base);
+    BinLayout b;
+    b.point_list = c.take<int32_t>(pairs);
+    b.vals_unsorted = c.take<int32_t>(pairs);
+    b.keys_unsorted = c.take<uint64_t>(pairs);
+    b.keys_sorted = c.take<uint64_t>(pairs);
+    b.sort_bytes = pairs > 0 ? gsr::sort_temp_bytes(pairs, end_bit) : 0;
+    b.sort_tmp = c.take<char>((int64_t)b.sort_bytes);
+    bytes = c.size();
+    return b;
+}
+
+// Per-image buffers: tile ranges, final transmittance, last contributor.
+struct ImageLayout {
+    int64_t* ranges;
+    float* final_T;
+    int32_t* n_contrib;
+};
+
+ImageLayout carve_image(void* base, int64_t num_tiles, int64_t pixels, size_t& bytes) {
+    Carver c(base);
+    ImageLayout im;
+    im.ranges = c.take<int64_t>(2 * num_tiles);
+    im.final_T = c.take<float>(pixels);
+    im.n_contrib = c.take<int32_t>(pixels);
+    bytes = c.size();
+    return im;
+}
+
+Tensor byte_buffer(size_t bytes, const torch::TensorOptions& opt) {
+    return torch::empty({(int64_t)bytes}, opt.dtype(torch::kUInt8));
+}
+
+// Returns (color (3, H, W), radii (N,), geom, bins, image) - the last three are opaque byte buffers
+// kept by the autograd function for the backward pass.
 std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, const Tensor& colors,
                                       const Tensor& opacity, const Tensor& scales, const Tensor& rotations,
                                       double scale_modifier, const Tensor& cov3D, const Tensor& viewmatrix,
@@ -137,63 +212,54 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     const gsr::Camera cam = make_camera(bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx, tanfovy, H, W,
                                         degree, sh_coeffs, cx, cy);
     const int64_t n = in.n;
-    auto fopt = means3D.options();
-    auto iopt = fopt.dtype(torch::kInt32);
-    auto lopt = fopt.dtype(torch::kInt64);
+    const auto& fopt = means3D.options();
+    const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 
-    Buffers b;
-    b.xy = torch::empty({n, 2}, fopt);
-    b.depth = torch::empty({n}, fopt);
-    b.conic_opacity = torch::empty({n, 4}, fopt);
-    b.rgb = torch::empty({n, 3}, fopt);
-    b.radii = torch::empty({n}, iopt);
-    b.tiles = torch::empty({n}, lopt);
-    gsr::SplatState st = b.state();
-    gsr::launch_preprocess(cam, in, st, stream);
+    Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
+    size_t geom_bytes = 0;
+    carve_geom(nullptr, n, nullptr, geom_bytes);
+    Tensor geom = byte_buffer(geom_bytes, fopt);
+    const GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), geom_bytes);
+    size_t image_bytes = 0;
+    carve_image(nullptr, num_tiles, H * W, image_bytes);
+    Tensor image = byte_buffer(image_bytes, fopt);
+    const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, image_bytes);
+    Tensor color = torch::empty({3, H, W}, fopt);
+
+    gsr::launch_preprocess(cam, in, g.st, stream);
     check_launch(debug, "preprocess");
-
     int64_t num_rendered = 0;
-    Tensor offsets = torch::empty({n}, lopt);
     if (n > 0) {
-        const size_t scan_bytes = gsr::scan_temp_bytes((int)n);
-        Tensor scan_tmp = torch::empty({(int64_t)scan_bytes + 1}, fopt.dtype(torch::kUInt8));
-        gsr::inclusive_scan(scan_tmp.data_ptr(), scan_bytes, st.tiles_touched, offsets.data_ptr<int64_t>(), (int)n,
-                            stream);
+        gsr::inclusive_scan(g.scan_tmp, g.scan_bytes, g.st.tiles_touched, g.offsets, (int)n, stream);
         check_launch(debug, "prefix sum");
-        num_rendered = offsets[n - 1].item<int64_t>();
+        // the only host synchronisation of the pass: the number of (tile, splat) pairs
+        TORCH_CHECK(cudaMemcpyAsync(&num_rendered, g.offsets + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost,
+                                    stream) == cudaSuccess &&
+                        cudaStreamSynchronize(stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
+                    cudaGetErrorString(cudaGetLastError()));
     }
+    TORCH_CHECK(cudaMemsetAsync(im.ranges, 0, sizeof(int64_t) * 2 * num_tiles, stream) == cudaSuccess,
+                "diff_gaussian_rasterization: cudaMemsetAsync failed");
 
-    const int num_tiles = cam.tiles_x * cam.tiles_y;
-    Tensor ranges = torch::zeros({(int64_t)num_tiles, 2}, lopt);
-    Tensor point_list = torch::empty({num_rendered}, iopt);
+    const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);
+    size_t bin_bytes = 0;
+    carve_bins(nullptr, num_rendered, end_bit, bin_bytes);
+    Tensor bins = byte_buffer(bin_bytes, fopt);
+    const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, end_bit, bin_bytes);
     if (num_rendered > 0) {
-        Tensor keys_unsorted = torch::empty({num_rendered}, lopt);
-        Tensor keys_sorted = torch::empty({num_rendered}, lopt);
-        Tensor vals_unsorted = torch::empty({num_rendered}, iopt);
-        auto* ku = reinterpret_cast<uint64_t*>(keys_unsorted.data_ptr<int64_t>());
-        auto* ks = reinterpret_cast<uint64_t*>(keys_sorted.data_ptr<int64_t>());
-        gsr::launch_duplicate(cam, (int)n, st, offsets.data_ptr<int64_t>(), ku, vals_unsorted.data_ptr<int32_t>(),
-                              stream);
+        gsr::launch_duplicate(cam, (int)n, g.st, g.offsets, b.keys_unsorted, b.vals_unsorted, stream);
         check_launch(debug, "key duplication");
-        const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);
-        const size_t sort_bytes = gsr::sort_temp_bytes(num_rendered, end_bit);
-        Tensor sort_tmp = torch::empty({(int64_t)sort_bytes + 1}, fopt.dtype(torch::kUInt8));
-        gsr::radix_sort(sort_tmp.data_ptr(), sort_bytes, ku, ks, vals_unsorted.data_ptr<int32_t>(),
-                        point_list.data_ptr<int32_t>(), num_rendered, end_bit, stream);
+        gsr::radix_sort(b.sort_tmp, b.sort_bytes, b.keys_unsorted, b.keys_sorted, b.vals_unsorted, b.point_list,
+                        num_rendered, end_bit, stream);
         check_launch(debug, "radix sort");
-        gsr::launch_tile_ranges(num_rendered, ks, ranges.data_ptr<int64_t>(), stream);
+        gsr::launch_tile_ranges(num_rendered, b.keys_sorted, im.ranges, stream);
         check_launch(debug, "tile ranges");
     }
-
-    Tensor color = torch::empty({3, H, W}, fopt);
-    Tensor final_T = torch::empty({H, W}, fopt);
-    Tensor n_contrib = torch::empty({H, W}, iopt);
-    gsr::launch_render_forward(cam, ranges.data_ptr<int64_t>(), point_list.data_ptr<int32_t>(), st,
-                               color.data_ptr<float>(), final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(),
-                               stream);
+    gsr::launch_render_forward(cam, im.ranges, b.point_list, g.st, color.data_ptr<float>(), im.final_T,
+                               im.n_contrib, stream);
     check_launch(debug, "render");
-    Tensor nr = torch::full({1}, num_rendered, torch::TensorOptions().dtype(torch::kInt64));
-    return {color, b.radii, b.xy, b.conic_opacity, b.rgb, point_list, ranges, final_T, n_contrib, nr};
+    return {color, radii, geom, bins, image};
 }
 
 // Returns (dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drotations); absent inputs get
@@ -203,33 +269,32 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
                                        const Tensor& rotations, double scale_modifier, const Tensor& cov3D,
                                        const Tensor& viewmatrix, const Tensor& projmatrix, double tanfovx,
                                        double tanfovy, const Tensor& dL_dout, const Tensor& sh, int64_t degree,
-                                       const Tensor& campos, const Tensor& xy, const Tensor& conic_opacity,
-                                       const Tensor& rgb, const Tensor& point_list, const Tensor& ranges,
-                                       const Tensor& final_T, const Tensor& n_contrib, bool debug, double cx,
-                                       double cy) {
+                                       const Tensor& campos, const Tensor& geom, const Tensor& bins,
+                                       const Tensor& image, bool debug, double cx, double cy) {
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
     const gsr::SplatInputs in = make_inputs(means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
-    const int64_t H = final_T.size(0), W = final_T.size(1);
+    TORCH_CHECK(dL_dout.dim() == 3 && dL_dout.size(0) == 3, "diff_gaussian_rasterization: image gradient must be (3, H, W)");
+    const int64_t H = dL_dout.size(1), W = dL_dout.size(2);
     const gsr::Camera cam = make_camera(bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx, tanfovy, H, W,
                                         degree, sh_coeffs, cx, cy);
     const int64_t n = in.n;
-    auto fopt = means3D.options();
-    Tensor grad = dL_dout.contiguous();
-    TORCH_CHECK(grad.numel() == 3 * H * W, "diff_gaussian_rasterization: image gradient must be (3, H, W)");
+    const auto& fopt = means3D.options();
+    const Tensor grad = dL_dout.contiguous();
+    const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
+    size_t bytes = 0;
+    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), bytes);
+    TORCH_CHECK(bytes == (size_t)geom.numel(), "diff_gaussian_rasterization: forward state does not match the inputs");
+    const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, bytes);
+    TORCH_CHECK(bytes == (size_t)image.numel(), "diff_gaussian_rasterization: forward state does not match the image");
+    const int32_t* point_list = reinterpret_cast<const int32_t*>(bins.data_ptr());
 
-    Tensor accum = torch::zeros({n, 12}, fopt);
-    gsr::SplatState st;
-    st.xy = reinterpret_cast<float2*>(xy.data_ptr<float>());
-    st.conic_opacity = reinterpret_cast<float4*>(conic_opacity.data_ptr<float>());
-    st.rgb = rgb.data_ptr<float>();
-    st.radii = radii.data_ptr<int>();
-    st.depth = nullptr;
-    st.tiles_touched = nullptr;
+    Tensor accum = torch::empty({n, 12}, fopt);
     if (n > 0) {
-        gsr::launch_render_backward(cam, ranges.data_ptr<int64_t>(), point_list.data_ptr<int32_t>(), st,
-                                    final_T.data_ptr<float>(), n_contrib.data_ptr<int32_t>(), grad.data_ptr<float>(),
+        TORCH_CHECK(cudaMemsetAsync(accum.data_ptr<float>(), 0, sizeof(float) * 12 * n, stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: cudaMemsetAsync failed");
+        gsr::launch_render_backward(cam, im.ranges, point_list, g.st, im.final_T, im.n_contrib, grad.data_ptr<float>(),
                                     reinterpret_cast<float4*>(accum.data_ptr<float>()), stream);
         check_launch(debug, "render backward");
     }
@@ -237,22 +302,23 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     Tensor dmeans3D = torch::empty({n, 3}, fopt);
     Tensor dmeans2D = torch::empty({n, 3}, fopt);
     Tensor dopacity = torch::empty({n, 1}, fopt);
-    Tensor dcolors = in.colors ? torch::empty({n, 3}, fopt) : torch::empty({0}, fopt);
-    Tensor dcov3D = in.cov3D ? torch::empty({n, 6}, fopt) : torch::empty({0}, fopt);
-    Tensor dsh = in.shs ? torch::empty({n, sh_coeffs, 3}, fopt) : torch::empty({0}, fopt);
-    Tensor dscales = in.scales ? torch::empty({n, 3}, fopt) : torch::empty({0}, fopt);
-    Tensor drot = in.rotations ? torch::empty({n, 4}, fopt) : torch::empty({0}, fopt);
-    gsr::SplatGrads g;
-    g.means3D = dmeans3D.data_ptr<float>();
-    g.means2D = dmeans2D.data_ptr<float>();
-    g.opacities = dopacity.data_ptr<float>();
-    g.colors = in.colors ? dcolors.data_ptr<float>() : nullptr;
-    g.cov3D = in.cov3D ? dcov3D.data_ptr<float>() : nullptr;
-    g.shs = in.shs ? dsh.data_ptr<float>() : nullptr;
-    g.scales = in.scales ? dscales.data_ptr<float>() : nullptr;
-    g.rotations = in.rotations ? drot.data_ptr<float>() : nullptr;
+    const Tensor none = torch::empty({0}, fopt);
+    Tensor dcolors = in.colors ? torch::empty({n, 3}, fopt) : none;
+    Tensor dcov3D = in.cov3D ? torch::empty({n, 6}, fopt) : none;
+    Tensor dsh = in.shs ? torch::empty({n, sh_coeffs, 3}, fopt) : none;
+    Tensor dscales = in.scales ? torch::empty({n, 3}, fopt) : none;
+    Tensor drot = in.rotations ? torch::empty({n, 4}, fopt) : none;
+    gsr::SplatGrads gr;
+    gr.means3D = dmeans3D.data_ptr<float>();
+    gr.means2D = dmeans2D.data_ptr<float>();
+    gr.opacities = dopacity.data_ptr<float>();
+    gr.colors = in.colors ? dcolors.data_ptr<float>() : nullptr;
+    gr.cov3D = in.cov3D ? dcov3D.data_ptr<float>() : nullptr;
+    gr.shs = in.shs ? dsh.data_ptr<float>() : nullptr;
+    gr.scales = in.scales ? dscales.data_ptr<float>() : nullptr;
+    gr.rotations = in.rotations ? drot.data_ptr<float>() : nullptr;
     gsr::launch_preprocess_backward(cam, in, radii.data_ptr<int>(), reinterpret_cast<float4*>(accum.data_ptr<float>()),
-                                    g, stream);
+                                    gr, stream);
     check_launch(debug, "preprocess backward");
     return {dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drot};
 }

@@ -125,6 +125,93 @@ __device__ __forceinline__ void tile_rect(const Camera& c, float2 p, float r, in
     rmax.y = (int)fminf(gy, fmaxf(0.f, (p.y + r + kTile - 1) / kTile));
 }
 
+// Exact-conservative test whether a splat can reach alpha >= 1/255 at any pixel of tile (tx, ty).
+// alpha = min(0.99, o exp(-q / 2)) >= 1/255  <=>  q <= tau = 2 ln(255 o), with q = d^T Conic d.
+// q is minimised in closed form over the tile's box of pixel centres (clipped to the image) and
+// compared with tau plus a margin 100x above the float32 rounding of both this test and the
+// blending kernels, so a (tile, splat) pair that can contribute is never dropped: images are
+// unchanged, tile lists get shorter.  Not inlined, so that the counting pass (preprocess) and the
+// emitting pass (key duplication) run the very same code on the very same inputs.
+__device__ __forceinline__ float conic_q(float A, float B, float C, float dx, float dy) {
+    return A * dx * dx + 2.0f * B * dx * dy + C * dy * dy;
+}
+
+__device__ __noinline__ bool tile_hit(int width, int height, float2 m, float4 co, int tx, int ty) {
+    const float o = co.w;
+    if (isnan(o)) return true;
+    if (!(o > 0.0f)) return false;  // alpha <= 0 never passes the 1/255 test
+    const float tau = 2.0f * logf(255.0f * o);
+    const float x0 = (float)(tx * kTile) - m.x, x1 = (float)min(tx * kTile + kTile - 1, width - 1) - m.x;
+    const float y0 = (float)(ty * kTile) - m.y, y1 = (float)min(ty * kTile + kTile - 1, height - 1) - m.y;
+    const float A = co.x, B = co.y, C = co.z;
+    float q;
+    if (x0 <= 0.0f && x1 >= 0.0f && y0 <= 0.0f && y1 >= 0.0f) {
+        q = 0.0f;
+    } else {
+        // convex q: the box minimum lies on its boundary; minimise along each edge in closed form
+        const float bc = B / C, ba = B / A;
+        const float ya = fminf(fmaxf(-bc * x0, y0), y1), yb = fminf(fmaxf(-bc * x1, y0), y1);
+        const float xa = fminf(fmaxf(-ba * y0, x0), x1), xb = fminf(fmaxf(-ba * y1, x0), x1);
+        q = fminf(fminf(conic_q(A, B, C, x0, ya), conic_q(A, B, C, x1, yb)),
+                  fminf(conic_q(A, B, C, xa, y0), conic_q(A, B, C, xb, y1)));
+        if (isnan(q)) return true;
+    }
+    // margin: |terms of q| <= 2 (A dx^2 + C dy^2) <= 2 scale; float32 rounding is ~1e-6 scale
+    const float scale = fabsf(A) * fmaxf(x0 * x0, x1 * x1) + fabsf(C) * fmaxf(y0 * y0, y1 * y1);
+    return q <= tau + 1e-4f * scale + 1e-3f;
+}
+
+// SH rows: (M, 3) floats per splat, M <= 16 used coefficients. Rows are moved with 16-byte accesses
+// when every row is 16-byte aligned (3 M divisible by 4 and an aligned base), else float by float.
+__device__ __forceinline__ bool rows_vectorisable(const float* base, int row_floats) {
+    return (row_floats % 4) == 0 && (reinterpret_cast<uintptr_t>(base) & 15) == 0;
+}
+
+// v[k] = row[k] for k < count (count <= 48; v[k] = 0 beyond).
+__device__ __forceinline__ void load_row48(const float* row, int count, bool vec, float v[48]) {
+#pragma unroll
+    for (int k = 0; k < 48; ++k) v[k] = 0.f;
+    if (vec) {
+#pragma unroll
+        for (int q = 0; q < 12; ++q) {
+            if (4 * q < count) {
+                const float4 t = __ldg(reinterpret_cast<const float4*>(row) + q);
+                v[4 * q] = t.x; v[4 * q + 1] = t.y; v[4 * q + 2] = t.z; v[4 * q + 3] = t.w;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 48; ++k)
+            if (k >= count) v[k] = 0.f;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 48; ++k)
+            if (k < count) v[k] = __ldg(row + k);
+    }
+}
+
+// row[k] = v[k] for k < min(count, 48) and 0 for count <= k < row_floats.
+__device__ __forceinline__ void store_row(float* row, int count, int row_floats, bool vec, const float v[48]) {
+    if (vec) {
+#pragma unroll
+        for (int q = 0; q < 12; ++q) {
+            if (4 * q < row_floats) {
+                float4 t;
+                t.x = (4 * q < count) ? v[4 * q] : 0.f;
+                t.y = (4 * q + 1 < count) ? v[4 * q + 1] : 0.f;
+                t.z = (4 * q + 2 < count) ? v[4 * q + 2] : 0.f;
+                t.w = (4 * q + 3 < count) ? v[4 * q + 3] : 0.f;
+                reinterpret_cast<float4*>(row)[q] = t;
+            }
+        }
+        for (int k = 48; k < row_floats; ++k) row[k] = 0.f;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 48; ++k)
+            if (k < row_floats) row[k] = (k < count) ? v[k] : 0.f;
+        for (int k = 48; k < row_floats; ++k) row[k] = 0.f;
+    }
+}
+
 // Evaluate the SH basis (up to `deg`) in direction d (unit vector): out[k] for k < (deg+1)^2.
 __device__ __forceinline__ void sh_basis(int deg, float x, float y, float z, float b[16]) {
     b[0] = kSH0;

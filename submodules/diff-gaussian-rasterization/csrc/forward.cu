@@ -54,8 +54,12 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
     const float radius = fminf(radius_f, 1.0e9f);
     int2 rmin, rmax;
     tile_rect(cam, xy, radius, rmin, rmax);
-    const int64_t touched = (int64_t)(rmax.x - rmin.x) * (int64_t)(rmax.y - rmin.y);
-    if (touched == 0) return;
+    if ((rmax.x - rmin.x) * (rmax.y - rmin.y) == 0) return;
+    const float4 conic_op = make_float4(c * inv_det, -b * inv_det, a * inv_det, in.opacities[i]);
+    // Tiles of the rectangle where the splat can contribute at all (see tile_hit).
+    int64_t touched = 0;
+    for (int ty = rmin.y; ty < rmax.y; ++ty)
+        for (int tx = rmin.x; tx < rmax.x; ++tx) touched += tile_hit(cam.width, cam.height, xy, conic_op, tx, ty) ? 1 : 0;
 
     float rgb[3];
     if (in.colors != nullptr) {
@@ -64,10 +68,12 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
         float dx = p.x - __ldg(cam.campos), dy = p.y - __ldg(cam.campos + 1), dz = p.z - __ldg(cam.campos + 2);
         const float inv = rsqrtf(dx * dx + dy * dy + dz * dz);
         dx *= inv; dy *= inv; dz *= inv;
-        float basis[16];
+        float basis[16] = {};
         sh_basis(cam.sh_degree, dx, dy, dz, basis);
         const int nb = (cam.sh_degree + 1) * (cam.sh_degree + 1);
-        const float* sh = in.shs + (int64_t)i * cam.sh_coeffs * 3;
+        float sh[48];
+        load_row48(in.shs + (int64_t)i * cam.sh_coeffs * 3, 3 * nb,
+                   rows_vectorisable(in.shs, 3 * cam.sh_coeffs), sh);
         rgb[0] = rgb[1] = rgb[2] = 0.5f;
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
@@ -82,7 +88,7 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
 
     st.xy[i] = xy;
     st.depth[i] = t.z;
-    st.conic_opacity[i] = make_float4(c * inv_det, -b * inv_det, a * inv_det, in.opacities[i]);
+    st.conic_opacity[i] = conic_op;
     st.rgb[3 * i] = rgb[0]; st.rgb[3 * i + 1] = rgb[1]; st.rgb[3 * i + 2] = rgb[2];
     st.radii[i] = (int)radius;
     st.tiles_touched[i] = touched;
@@ -112,10 +118,16 @@ __global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t
     if (i >= n || st.radii[i] <= 0) return;
     int64_t off = (i == 0) ? 0 : offsets[i - 1];
     int2 rmin, rmax;
-    tile_rect(cam, st.xy[i], (float)st.radii[i], rmin, rmax);
+    const int64_t end = offsets[i];
+    if (end == off) return;
+    const float2 m = st.xy[i];
+    const float4 co = st.conic_opacity[i];
+    tile_rect(cam, m, (float)st.radii[i], rmin, rmax);
     const uint64_t dbits = (uint64_t)__float_as_uint(st.depth[i]);
     for (int y = rmin.y; y < rmax.y; ++y) {
         for (int x = rmin.x; x < rmax.x; ++x) {
+            if (!tile_hit(cam.width, cam.height, m, co, x, y)) continue;
+            if (off >= end) return;  // cannot happen (same test as the counting pass); never overflow
             keys[off] = ((uint64_t)(y * cam.tiles_x + x) << 32) | dbits;
             values[off] = i;
             ++off;
@@ -217,7 +229,7 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             const float dx = m.x - fx, dy = m.y - fy;
             const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
             if (power > 0.0f) continue;
-            const float alpha = fminf(kMaxAlpha, co.w * expf(power));
+            const float alpha = fminf(kMaxAlpha, co.w * __expf(power));
             if (alpha < kMinAlpha) continue;
             const float test_T = T * (1.0f - alpha);
             if (test_T < kMinT) {

@@ -19,7 +19,6 @@ import functools
 import importlib
 from typing import Callable, NamedTuple, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from . import reference

@@ -16,7 +16,7 @@ def check_inputs(settings: Any, means3D: Tensor, means2D: Optional[Tensor], opac
     ``rotations`` or ``cov3D_precomp``.  Shapes: ``means3D (N, 3)``, ``means2D (N, 2|3)``,
     ``opacities (N,)`` or ``(N, 1)``, ``shs (N, K, 3)`` with ``K >= (sh_degree + 1)^2``,
     ``colors_precomp (N, 3)``, ``scales (N, 3)``, ``rotations (N, 4)``, ``cov3D_precomp (N, 6)``,
-    ``bg (3,)``, ``viewmatrix`` / ``projmatrix (4, 4)``, ``campos (3,)``, image size >= 1.
+    ``bg`` / ``campos`` 3 values, ``viewmatrix`` / ``projmatrix (4, 4)``, image size >= 1.
     """
     if (shs is None) == (colors_precomp is None):
         raise ValueError("provide exactly one of shs or colors_precomp "
@@ -61,13 +61,14 @@ def _check_settings(settings: Any) -> None:
     degree = int(settings.sh_degree)
     if not 0 <= degree <= 3:
         raise ValueError(f"raster_settings.sh_degree must be in 0..3, got {degree}")
-    expected = {"bg": (3,), "viewmatrix": (4, 4), "projmatrix": (4, 4), "campos": (3,)}
-    for name, shape in expected.items():
+    for name in ("bg", "viewmatrix", "projmatrix", "campos"):
         t = getattr(settings, name)
         if not isinstance(t, Tensor):
             raise ValueError(f"raster_settings.{name} must be a torch.Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"raster_settings.{name} must have shape {shape}, got {tuple(t.shape)}")
+        if name in ("bg", "campos") and t.numel() != 3:
+            raise ValueError(f"raster_settings.{name} must hold 3 values, got shape {tuple(t.shape)}")
+        if name in ("viewmatrix", "projmatrix") and tuple(t.shape) != (4, 4):
+            raise ValueError(f"raster_settings.{name} must have shape (4, 4), got {tuple(t.shape)}")
 
 
 def _check_shapes(settings: Any, tensors: Dict[str, Tensor]) -> None:

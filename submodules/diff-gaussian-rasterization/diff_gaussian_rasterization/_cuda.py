@@ -23,7 +23,10 @@ def _f32(t: Optional[Tensor], device: torch.device) -> Tensor:
     """Contiguous float32 CUDA tensor, or an empty one for absent inputs."""
     if t is None:
         return torch.empty(0, device=device, dtype=torch.float32)
-    return t.detach().to(device=device, dtype=torch.float32).contiguous()
+    t = t.detach()
+    if t.dtype is not torch.float32 or t.device != device:
+        t = t.to(device=device, dtype=torch.float32)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _centre(value: Optional[float]) -> float:
@@ -56,28 +59,25 @@ class _RasterizeGaussians(torch.autograd.Function):
                 float(settings.tanfovx), float(settings.tanfovy), int(settings.image_height),
                 int(settings.image_width), shs, int(settings.sh_degree), campos, bool(settings.debug),
                 _centre(getattr(settings, "cx", None)), _centre(getattr(settings, "cy", None)))
-        out = _C.rasterize_forward(*args)
-        color, radii, xy, conic_opacity, rgb, point_list, ranges, final_T, n_contrib, _ = out
+        color, radii, geom, bins, image = _C.rasterize_forward(*args)
         ctx.settings = settings
         ctx.shapes = shapes
-        ctx.save_for_backward(bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, xy,
-                              conic_opacity, rgb, point_list, ranges, final_T, n_contrib)
+        ctx.save_for_backward(bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image)
         ctx.mark_non_differentiable(radii)
         return color, radii
 
     @staticmethod
     def backward(ctx: Any, grad_color: Tensor, _grad_radii: Tensor):
         s = ctx.settings
-        (bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, xy, conic_opacity, rgb,
-         point_list, ranges, final_T, n_contrib) = ctx.saved_tensors
-        grad = grad_color.to(torch.float32).contiguous()
+        bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image = ctx.saved_tensors
+        grad = grad_color if grad_color.dtype is torch.float32 else grad_color.to(torch.float32)
+        grad = grad if grad.is_contiguous() else grad.contiguous()
         if bool(s.debug):
             _check_finite({"grad of the rendered image": grad})
         dmeans2D, dcolors, dopac, dmeans3D, dcov, dsh, dscales, drot = _C.rasterize_backward(
             bg, m3, radii, colors, opac, sc, rot, float(s.scale_modifier), cov, view, proj,
-            float(s.tanfovx), float(s.tanfovy), grad, shs, int(s.sh_degree), campos, xy, conic_opacity, rgb,
-            point_list, ranges, final_T, n_contrib, bool(s.debug), _centre(getattr(s, "cx", None)),
-            _centre(getattr(s, "cy", None)))
+            float(s.tanfovx), float(s.tanfovy), grad, shs, int(s.sh_degree), campos, geom, bins, image,
+            bool(s.debug), _centre(getattr(s, "cx", None)), _centre(getattr(s, "cy", None)))
         (m3_shape, m2_shape, sh_shape, col_shape, op_shape, sc_shape, rot_shape, cov_shape) = ctx.shapes
         needs = ctx.needs_input_grad
 

@@ -21,7 +21,8 @@ Pipeline (one call of :func:`rasterize_gaussians`):
    ``det == 0``; the other cases are undefined there).  ``conic = cov2D^-1``;
    ``radius = ceil(3 sqrt(lambda_max))`` with ``lambda = mid +- sqrt(max(0.1, mid^2 - det))``.
    Tile rectangle (16x16 tiles): ``[floor((u - r) / 16), floor((u + r + 15) / 16))`` clamped to the
-   grid (``y`` likewise); an empty rectangle culls the splat.  Culled splats get radius 0.
+   grid (``y`` likewise; evaluated as ``((u + r) + 15) / 16``); an empty rectangle culls the splat.
+   Culled splats get radius 0; reported radii are clamped to ``2^30``.
    Colour: real SH of degree ``sh_degree`` in direction ``normalize(mean - campos)``, ``+ 0.5``,
    clamped at 0 per channel (or ``colors_precomp``).
 2. **Tile lists**: every (tile, splat) pair of the rectangles, ordered by tile, then view depth,
@@ -43,11 +44,14 @@ Gradient conventions (identical to the original CUDA rasterizer):
   when not clamped and is a constant when clamped (no path to ``t_z`` through the clamp).
 * The SH clamp at 0 zeroes the gradient of a clamped channel.
 
-Memory: the per-pixel blend works on a chunk of tiles at a time (tiles sorted by list length,
-padded per chunk, ``chunk_elements`` (pixel, splat) pairs at most; very long tile lists are split
-by pixel rows).  With gradients enabled and more than ``checkpoint_elements`` pairs in total each
-chunk keeps only its inputs and is recomputed in backward (activation checkpointing), instead of
-keeping every intermediate of the image alive.
+Speed and memory (implementation details that change neither the image nor the gradients):
+the tile lists are refined to ``block x block`` pixel blocks (default 8) by dropping (block, splat)
+pairs that provably fail ``alpha >= 1/255`` at every pixel of the block (such splats are skipped
+there anyway and leave ``T`` unchanged).  The per-pixel blend works on a chunk of blocks at a time
+(blocks sorted by list length, lists padded per chunk, ``chunk_elements`` (pixel, splat) pairs at
+most; very long lists are split by pixel rows).  With gradients enabled and more than
+``checkpoint_elements`` pairs in total, each chunk keeps only its inputs and is recomputed in
+backward (activation checkpointing) instead of keeping every intermediate of the image alive.
 """
 from __future__ import annotations
 
@@ -68,6 +72,7 @@ PROJ_EPS = 1e-7
 FRUSTUM_CLAMP = 1.3
 EIG_FLOOR = 0.1
 QUAT_EPS = 1e-12
+MAX_RADIUS = 2 ** 30          # reported radii are clamped here (int32); tiles use the float radius
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -77,7 +82,9 @@ SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.37317633
          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 #: (pixel, splat) pairs handled per blend chunk.
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+#: pixel block edge of the internal blend lists (divides TILE; results do not depend on it).
+DEFAULT_BLOCK = 8
 #: with grad enabled, checkpoint the blend chunks when the whole image needs more pairs than this.
 DEFAULT_CHECKPOINT_ELEMENTS = 1 << 24
 
@@ -212,7 +219,8 @@ class ProjectedSplats:
 
     ``index`` maps rows to input splats; ``xy`` pixel-space means; ``conic (M, 3) = (a, b, c)`` of the
     inverse 2D covariance; ``rect (M, 4) = (x0, y0, x1, y1)`` tile rectangle (half-open);
-    ``radii (N,)`` int32 with 0 for culled splats.
+    ``radii (N,)`` int32 with 0 for culled splats; ``lam`` the (floored) largest eigenvalue of the
+    2D covariance, an upper bound of the true one.
     """
 
     index: Tensor
@@ -223,6 +231,7 @@ class ProjectedSplats:
     depth: Tensor
     rect: Tensor
     radii: Tensor
+    lam: Tensor
 
 
 def preprocess(means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor, shs: Optional[Tensor],
@@ -272,12 +281,13 @@ def preprocess(means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor, sh
         xs, ys = xy[:, 0].detach(), xy[:, 1].detach()
         rect = torch.stack((
             _tile_floor((xs - radius) / TILE, grid_x), _tile_floor((ys - radius) / TILE, grid_y),
-            _tile_floor((xs + radius + TILE - 1) / TILE, grid_x), _tile_floor((ys + radius + TILE - 1) / TILE, grid_y),
+            _tile_floor((xs + radius + (TILE - 1)) / TILE, grid_x),
+            _tile_floor((ys + radius + (TILE - 1)) / TILE, grid_y),
         ), -1)
         ok &= (rect[:, 2] > rect[:, 0]) & (rect[:, 3] > rect[:, 1])
         keep = torch.nonzero(ok).squeeze(1)
         radii = torch.zeros(n, dtype=torch.int32, device=dev)
-        radii[idx[keep]] = radius[keep].to(torch.int32)
+        radii[idx[keep]] = radius[keep].clamp_max(MAX_RADIUS).to(torch.int32)
 
     a, b, c = a[keep], b[keep], c[keep]
     det = a * c - b * b
@@ -287,10 +297,10 @@ def preprocess(means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor, sh
     if colors_precomp is not None:
         color = colors_precomp[index].to(dt)
     else:
-        degree = int(settings.sh_degree)
-        color = sh_colors(degree, shs[index].to(dt), means[keep], settings.campos.to(device=dev, dtype=dt))
+        campos = settings.campos.to(device=dev, dtype=dt).reshape(3)
+        color = sh_colors(int(settings.sh_degree), shs[index].to(dt), means[keep], campos)
     return ProjectedSplats(index=index, xy=xy[keep], conic=conic, opacity=opac, color=color,
-                           depth=p_view[keep, 2].detach(), rect=rect[keep], radii=radii)
+                           depth=p_view[keep, 2].detach(), rect=rect[keep], radii=radii, lam=lam[keep])
 
 
 def _grid(width: int, height: int) -> Tuple[int, int]:
@@ -307,73 +317,108 @@ def _tile_floor(values: Tensor, limit: int) -> Tensor:
 # Tile lists
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class TileLists:
-    """Splat rows (into :class:`ProjectedSplats`) per tile, front to back.
+class BlockLists:
+    """Splat rows (into :class:`ProjectedSplats`) per pixel block, front to back.
 
-    ``splats`` holds the lists of all tiles back to back; tile ``t`` owns
-    ``splats[starts[t] : starts[t] + counts[t]]``.
+    Blocks are ``block x block`` pixel squares (``block`` divides the 16 px tile).  A splat is
+    listed in a block of one of its tiles unless it provably contributes to no pixel there (see
+    :func:`build_block_lists`).  ``splats`` holds all lists back to back; block ``b`` (row-major,
+    ``grid_x`` blocks per row) owns ``splats[starts[b] : starts[b] + counts[b]]``.
     """
 
     splats: Tensor
     starts: Tensor
     counts: Tensor
+    block: int
+    grid_x: int
+    grid_y: int
 
 
-def build_tile_lists(rect: Tensor, depth: Tensor, grid_x: int, num_tiles: int) -> TileLists:
-    """All (tile, splat) pairs of the rectangles, sorted by tile, then depth, then splat row."""
-    dev = rect.device
-    m = rect.shape[0]
+def block_grid(width: int, height: int, block: int) -> Tuple[int, int]:
+    """Blocks per row and per column covering a ``width x height`` image."""
+    return (width + block - 1) // block, (height + block - 1) // block
+
+
+def build_block_lists(splats: ProjectedSplats, width: int, height: int, block: int = DEFAULT_BLOCK) -> BlockLists:
+    """(block, splat) pairs inside the splats' tile rectangles, sorted by block, depth, splat row.
+
+    Pairs that cannot pass the ``alpha >= 1/255`` test anywhere in the block are dropped: with
+    ``d`` the distance from the mean to the block's nearest pixel centre, every pixel there has
+    ``power <= -0.5 |d|^2 / lambda_max``, so ``opacity exp(-0.5 |d|^2 / lambda_max) < 1/255`` (with a
+    1% margin in the exponent against rounding) means the splat is skipped at every pixel of the
+    block.  Skipped splats leave ``T`` unchanged, so this changes neither the image nor the
+    gradients; it only saves work.  ``block = 16`` gives the per-tile lists.
+    """
+    if TILE % block:
+        raise ValueError(f"block must divide the tile size {TILE}, got {block}")
+    dev = splats.xy.device
+    per = TILE // block
+    grid_x, grid_y = block_grid(width, height, block)
+    num_blocks = grid_x * grid_y
+    m = splats.rect.shape[0]
+    rect = splats.rect * per
+    rect = torch.stack((rect[:, 0], rect[:, 1], rect[:, 2].clamp_max(grid_x), rect[:, 3].clamp_max(grid_y)), -1)
     widths = rect[:, 2] - rect[:, 0]
-    heights = rect[:, 3] - rect[:, 1]
-    per_splat = widths * heights
+    per_splat = widths * (rect[:, 3] - rect[:, 1])
     total = int(per_splat.sum().item()) if m else 0
+    empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    zeros = torch.zeros(num_blocks, dtype=torch.int64, device=dev)
     if total == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
-        return TileLists(empty, torch.zeros(num_tiles, dtype=torch.int64, device=dev),
-                         torch.zeros(num_tiles, dtype=torch.int64, device=dev))
-    # Depth rank (stable: ties keep the splat order, as the original's stable radix sort).
-    order = torch.sort(depth, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(m, device=dev)
-    splat = torch.repeat_interleave(torch.arange(m, device=dev), per_splat, output_size=total)
-    first = torch.cumsum(per_splat, 0) - per_splat
-    local = torch.arange(total, device=dev) - first[splat]
-    w = widths[splat]
-    tile = (rect[splat, 1] + local // w) * grid_x + rect[splat, 0] + local % w
-    key = tile * m + rank[splat]
-    perm = torch.sort(key).indices
-    counts = torch.bincount(tile, minlength=num_tiles)
-    starts = torch.cumsum(counts, 0) - counts
-    return TileLists(splats=splat[perm], starts=starts, counts=counts)
+        return BlockLists(empty, zeros, zeros.clone(), block, grid_x, grid_y)
+    with torch.no_grad():
+        splat = torch.repeat_interleave(torch.arange(m, device=dev), per_splat, output_size=total)
+        local = torch.arange(total, device=dev) - (torch.cumsum(per_splat, 0) - per_splat)[splat]
+        bx = rect[splat, 0] + local % widths[splat]
+        by = rect[splat, 1] + local // widths[splat]
+        # Distance from the mean to the nearest pixel centre of the block.
+        xy = splats.xy.detach()[splat]
+        dx = xy[:, 0] - torch.clamp(xy[:, 0], (bx * block).to(xy.dtype), (bx * block + block - 1).to(xy.dtype))
+        dy = xy[:, 1] - torch.clamp(xy[:, 1], (by * block).to(xy.dtype), (by * block + block - 1).to(xy.dtype))
+        log_reach = torch.log(splats.opacity.detach()[splat] * 255.0)
+        reach = log_reach + 0.01 * log_reach.abs() + 1e-5
+        live = 0.5 * (dx * dx + dy * dy) / splats.lam[splat] <= reach
+        splat, bid = splat[live], (by * grid_x + bx)[live]
+        if splat.numel() == 0:
+            return BlockLists(empty, zeros, zeros.clone(), block, grid_x, grid_y)
+        # Depth rank (stable: ties keep the splat order, as the original's stable radix sort).
+        order = torch.sort(splats.depth, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(m, device=dev)
+        perm = torch.sort(bid * m + rank[splat]).indices
+        counts = torch.bincount(bid, minlength=num_blocks)
+    return BlockLists(splats=splat[perm], starts=torch.cumsum(counts, 0) - counts, counts=counts, block=block,
+                      grid_x=grid_x, grid_y=grid_y)
 
 
 # ----------------------------------------------------------------------------------------------
 # Blending
 # ----------------------------------------------------------------------------------------------
-def _plan_chunks(counts: Sequence[int], tile_ids: Sequence[int], budget: int) -> List[Tuple[List[int], int, int, int]]:
-    """Group non-empty tiles into chunks of at most ``budget`` (pixel, splat) pairs.
+def _plan_chunks(counts: Sequence[int], block_ids: Sequence[int], block: int,
+                 budget: int) -> List[Tuple[List[int], int, int, int]]:
+    """Group non-empty blocks into chunks of at most ``budget`` (pixel, splat) pairs.
 
-    ``counts`` must be ascending (``tile_ids`` in the same order), so a chunk's padded list length is
-    the count of its last tile.  Returns ``(tiles, row0, rows, length)`` tuples; a tile whose list
-    alone exceeds the budget is split into blocks of pixel rows (at least one row).
+    ``counts`` must be ascending (``block_ids`` in the same order), so a chunk's padded list length
+    is the count of its last block.  Returns ``(blocks, row0, rows, length)`` tuples; a block whose
+    list alone exceeds the budget is split into groups of pixel rows (at least one row).
     """
     plans: List[Tuple[List[int], int, int, int]] = []
     current: List[int] = []
     current_len = 0
-    for tile, count in zip(tile_ids, counts):
-        if current and (len(current) + 1) * TILE * TILE * count > budget:
-            plans.append((current, 0, TILE, current_len))
+    pixels = block * block
+    for bid, count in zip(block_ids, counts):
+        if current and (len(current) + 1) * pixels * count > budget:
+            plans.append((current, 0, block, current_len))
             current = []
-        if TILE * TILE * count > budget:
-            rows = TILE
-            while rows > 1 and rows * TILE * count > budget:
+        if pixels * count > budget:
+            rows = block
+            while rows > 1 and rows * block * count > budget:
                 rows //= 2
-            plans.extend(([tile], row0, rows, count) for row0 in range(0, TILE, rows))
+            plans.extend(([bid], row0, rows, count) for row0 in range(0, block, rows))
             continue
-        current.append(tile)
+        current.append(bid)
         current_len = count
     if current:
-        plans.append((current, 0, TILE, current_len))
+        plans.append((current, 0, block, current_len))
     return plans
 
 
@@ -424,7 +469,8 @@ class _RecomputedBlend(torch.autograd.Function):
         return blend_chunk(*args)
 
     @staticmethod
-    def backward(ctx: Any, grad_accum: Tensor, grad_trans: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_accum: Tensor,  # type: ignore[override]
+                 grad_trans: Tensor) -> Tuple[Optional[Tensor], ...]:
         saved = ctx.saved_tensors
         inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, ctx.needs_input_grad)]
         wanted = [t for t in inputs if t.requires_grad]
@@ -440,55 +486,53 @@ def _blend_call(recompute: bool, *args: Tensor) -> Tuple[Tensor, Tensor]:
     return blend_chunk(*args)
 
 
-def render_tiles(splats: ProjectedSplats, lists: TileLists, width: int, height: int, bg: Tensor,
-                 chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                 checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS) -> Tensor:
-    """Blend every tile and assemble the ``(3, H, W)`` image (``C + T bg``)."""
+def render_blocks(splats: ProjectedSplats, lists: BlockLists, width: int, height: int, bg: Tensor,
+                  chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                  checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS) -> Tensor:
+    """Blend every block and assemble the ``(3, H, W)`` image (``C + T bg``)."""
     dev, dt = splats.xy.device, splats.xy.dtype
-    grid_x, grid_y = _grid(width, height)
-    num_tiles = grid_x * grid_y
+    block, grid_x, grid_y = lists.block, lists.grid_x, lists.grid_y
     counts_cpu = lists.counts.cpu()
     nonempty = torch.nonzero(counts_cpu).squeeze(1)
     order = torch.sort(counts_cpu[nonempty], stable=True).indices
-    tile_ids = nonempty[order].tolist()
+    block_ids = nonempty[order].tolist()
     counts = counts_cpu[nonempty][order].tolist()
-    total_pairs = TILE * TILE * sum(counts)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (splats.xy, splats.conic, splats.opacity, splats.color))
-    use_checkpoint = needs_grad and total_pairs > checkpoint_elements
+    recompute = needs_grad and block * block * sum(counts) > checkpoint_elements
 
     bg = bg.to(device=dev, dtype=dt)
     results: List[Tensor] = []
-    result_tiles: List[int] = []
+    result_ids: List[int] = []
     partial: List[Tensor] = []
-    for tiles, row0, rows, length in _plan_chunks(counts, tile_ids, chunk_elements):
-        t_idx = torch.tensor(tiles, dtype=torch.int64, device=dev)
+    for ids, row0, rows, length in _plan_chunks(counts, block_ids, block, chunk_elements):
+        b_idx = torch.tensor(ids, dtype=torch.int64, device=dev)
         pos = torch.arange(length, device=dev)
-        valid = pos.unsqueeze(0) < lists.counts[t_idx].unsqueeze(1)
-        entry = torch.where(valid, lists.starts[t_idx].unsqueeze(1) + pos, torch.zeros_like(valid, dtype=torch.int64))
-        rows_idx = lists.splats[entry]                                    # (Tc, L)
-        xs = ((t_idx % grid_x) * TILE).unsqueeze(1) + torch.arange(TILE, device=dev)
-        ys = ((t_idx // grid_x) * TILE + row0).unsqueeze(1) + torch.arange(rows, device=dev)
-        accum, trans = _blend_call(use_checkpoint, xs.to(dt), ys.to(dt), splats.xy[rows_idx],
+        valid = pos.unsqueeze(0) < lists.counts[b_idx].unsqueeze(1)
+        entry = torch.where(valid, lists.starts[b_idx].unsqueeze(1) + pos, torch.zeros_like(pos))
+        rows_idx = lists.splats[entry]                                    # (Bc, L)
+        xs = ((b_idx % grid_x) * block).unsqueeze(1) + torch.arange(block, device=dev)
+        ys = ((b_idx // grid_x) * block + row0).unsqueeze(1) + torch.arange(rows, device=dev)
+        accum, trans = _blend_call(recompute, xs.to(dt), ys.to(dt), splats.xy[rows_idx],
                                    splats.conic[rows_idx], splats.opacity[rows_idx],
                                    splats.color[rows_idx], valid)
         pixels = accum + trans.unsqueeze(-1) * bg
-        if rows == TILE:
+        if rows == block:
             results.append(pixels)
-            result_tiles.extend(tiles)
+            result_ids.extend(ids)
         else:
             partial.append(pixels)
-            if row0 + rows == TILE:
+            if row0 + rows == block:
                 results.append(torch.cat(partial, dim=1))
-                result_tiles.extend(tiles)
+                result_ids.extend(ids)
                 partial = []
 
-    image_tiles = bg.reshape(1, 1, 3).expand(num_tiles, TILE * TILE, 3)
+    image_blocks = bg.reshape(1, 1, 3).expand(grid_x * grid_y, block * block, 3)
     if results:
-        index = torch.tensor(result_tiles, dtype=torch.int64, device=dev)
-        image_tiles = image_tiles.index_copy(0, index, torch.cat(results, 0))
-    image = image_tiles.reshape(grid_y, grid_x, TILE, TILE, 3).permute(4, 0, 2, 1, 3)
-    return image.reshape(3, grid_y * TILE, grid_x * TILE)[:, :height, :width]
+        index = torch.tensor(result_ids, dtype=torch.int64, device=dev)
+        image_blocks = image_blocks.index_copy(0, index, torch.cat(results, 0))
+    image = image_blocks.reshape(grid_y, grid_x, block, block, 3).permute(4, 0, 2, 1, 3)
+    return image.reshape(3, grid_y * block, grid_x * block)[:, :height, :width]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,19 +547,21 @@ def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional
                         colors_precomp: Optional[Tensor], opacities: Tensor, scales: Optional[Tensor],
                         rotations: Optional[Tensor], cov3Ds_precomp: Optional[Tensor], raster_settings: Any,
                         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                        checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS) -> Tuple[Tensor, Tensor]:
+                        checkpoint_elements: int = DEFAULT_CHECKPOINT_ELEMENTS,
+                        block: int = DEFAULT_BLOCK) -> Tuple[Tensor, Tensor]:
     """Render splats with the reference math; returns ``(color (3, H, W), radii (N,) int32)``.
 
     Absent optional inputs are ``None`` (empty tensors are accepted too).  Exactly one of
     ``sh`` / ``colors_precomp`` and either ``scales`` + ``rotations`` or ``cov3Ds_precomp`` must be
-    given (``cov3Ds_precomp`` wins when both are).  The output stays attached to the autograd graph
-    of the inputs even when every splat is culled (their gradients are then zero).
+    given (``colors_precomp`` and ``cov3Ds_precomp`` win when both alternatives are).  The output
+    stays attached to the autograd graph of the inputs even when every splat is culled (their
+    gradients are then zero).
     """
     n = means3D.shape[0]
     width, height = int(raster_settings.image_width), int(raster_settings.image_height)
     dt = means3D.dtype if means3D.is_floating_point() else torch.float32
     means3D = means3D.to(dt)
-    bg = raster_settings.bg.to(device=means3D.device, dtype=dt)
+    bg = raster_settings.bg.to(device=means3D.device, dtype=dt).reshape(3)
     sh = None if _absent(sh, n) else sh
     colors_precomp = None if _absent(colors_precomp, n) else colors_precomp
     cov3Ds_precomp = None if _absent(cov3Ds_precomp, n) else cov3Ds_precomp
@@ -525,13 +571,15 @@ def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional
         if cov3Ds_precomp is None and (_absent(scales, n) or _absent(rotations, n)):
             raise ValueError("provide either scales and rotations, or cov3D_precomp")
 
-    splats = preprocess(means3D, means2D, opacities, sh, None if sh is not None else colors_precomp,
-                        scales, rotations, cov3Ds_precomp, raster_settings)
-    grid_x, grid_y = _grid(width, height)
-    lists = build_tile_lists(splats.rect, splats.depth, grid_x, grid_x * grid_y)
-    image = render_tiles(splats, lists, width, height, bg, chunk_elements, checkpoint_elements)
-    return _attach(image, (means3D, means2D, sh, colors_precomp, opacities, scales, rotations,
-                           cov3Ds_precomp)), splats.radii
+    inputs = (means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp)
+    if n == 0:
+        image = bg.reshape(3, 1, 1).expand(3, height, width).clone()
+        return _attach(image, inputs), torch.zeros(0, dtype=torch.int32, device=bg.device)
+    splats = preprocess(means3D, means2D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp,
+                        raster_settings)
+    lists = build_block_lists(splats, width, height, block)
+    image = render_blocks(splats, lists, width, height, bg, chunk_elements, checkpoint_elements)
+    return _attach(image, inputs), splats.radii
 
 
 def _attach(image: Tensor, inputs: Sequence[Optional[Tensor]]) -> Tensor:
@@ -541,7 +589,5 @@ def _attach(image: Tensor, inputs: Sequence[Optional[Tensor]]) -> Tensor:
     """
     if not torch.is_grad_enabled():
         return image
-    for t in inputs:
-        if t is not None and t.requires_grad:
-            image = image + t.reshape(-1)[:0].sum().to(image.dtype)
-    return image
+    zeros = [t.reshape(-1)[:0].sum().to(image.dtype) for t in inputs if t is not None and t.requires_grad]
+    return image + sum(zeros) if zeros else image
