@@ -95,14 +95,14 @@ class ViewerLink(threading.Thread):
         with self._lock:
             return replace(self.stats)
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
+        """Ask the thread to leave (it says BYE after the reply in flight), then, if it is still
+        blocked on the network after ``wait`` seconds, shut the socket down under it."""
         self._stop_event.set()
+        if self.is_alive():
+            self.join(wait)
         sock = self._sock
-        if sock is not None:
-            try:
-                sock.sendall(encode_bye())
-            except OSError:
-                pass
+        if self.is_alive() and sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -143,9 +143,15 @@ class ViewerLink(threading.Thread):
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _session(self, sock: socket.socket) -> None:
-        got_reply = False
+        """Request/reply loop. The first request only asks for the status, so the timestep
+        slider is clamped to the model actually being trained (it may have been restarted)."""
+        num_timesteps: Optional[int] = None
         while not self._stop_event.is_set():
             req = self.make_request()
+            if num_timesteps is None:
+                req = replace(req, render=False, timestep=0)
+            elif req.timestep >= max(num_timesteps, 1):
+                req = replace(req, timestep=max(num_timesteps - 1, 0))
             sock.sendall(req.encode())
             header, payload = read_message(sock, TRAINER_TO_VIEWER, timeout=self.io_timeout)
             if header.msg_type == MsgType.ERROR:
@@ -156,6 +162,7 @@ class ViewerLink(threading.Thread):
                 rgb = (frame.image.reshape(-1).astype(np.float32) * (1.0 / 255.0))
                 now = time.monotonic()
                 self._frame_times = [t for t in self._frame_times if now - t < 1.0] + [now]
+                num_timesteps = frame.status.num_timesteps
                 with self._lock:
                     self._frame = (rgb, w, h)
                     self.stats.status = frame.status
@@ -163,13 +170,17 @@ class ViewerLink(threading.Thread):
                     self.stats.fps = float(len(self._frame_times))
             else:
                 status = decode_status(payload)
+                first = num_timesteps is None
+                num_timesteps = status.num_timesteps
                 with self._lock:
                     self.stats.status = status
                     self.stats.fps = 0.0
-                self._stop_event.wait(STATUS_POLL_S)
-            if not got_reply:
-                got_reply = True
-                self._set(message=f"connected to {self.ip}:{self.port}")
+                if not first:
+                    self._stop_event.wait(STATUS_POLL_S)
+        try:
+            sock.sendall(encode_bye())
+        except OSError:
+            pass
 
 
 class RemoteViewerApp:

@@ -160,6 +160,8 @@ class ViewerServer:
             self._drop(str(e), send_error=True)
         except (OSError, EOFError) as e:
             self._drop(_describe_os_error(e), send_error=False)
+        except Exception as e:  # noqa: BLE001 - last resort: a viewer must never stop training
+            self._drop(f"internal error while serving ({type(e).__name__}: {e})", send_error=True)
         return self._conn is not None and self.paused and not training_done
 
     def keep_alive(self, iteration: int, gaussians: Any, scene: Any, pipe: Any, background: Any,
@@ -210,7 +212,7 @@ class ViewerServer:
         self._warn(f"dropped viewer {self._peer}: {reason}")
         if send_error and self._conn is not None:
             try:
-                self._conn.send(encode_error(reason))
+                self._conn.send(encode_error(_one_line(reason)))
             except OSError:
                 pass
         self._close_conn(linger=send_error)
@@ -424,7 +426,7 @@ class ViewerServer:
         return fn(cam, verts, faces, image, opacity)
 
     def _warn(self, text: str) -> None:
-        self._log(f"[viewer] WARNING {text}")
+        self._log(f"[viewer] WARNING {_one_line(text)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +434,12 @@ class ViewerServer:
 
 def _print_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Collapse whitespace (no newlines from peer-influenced text) and cap the length."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _describe_os_error(e: BaseException) -> str:

@@ -38,7 +38,7 @@ class Scene:
 
     def __init__(self, args: Any, gaussians: Any, load_iteration: Optional[int] = None, shuffle: bool = True,
                  resolution_scales: Sequence[float] = (1.0,), progress: bool = True):
-        from scene.cameras import cameras_from_infos, camera_to_json
+        from scene.cameras import cameras_from_infos
         from scene.dataset_readers import read_scene_info
 
         self.model_path: str = args.model_path
@@ -69,7 +69,7 @@ class Scene:
         test_infos = list(scene_info.test_cameras or [])
 
         if self.loaded_iter is None:
-            self._write_inputs(scene_info, train_infos + val_infos + test_infos, camera_to_json)
+            self._write_inputs(scene_info, train_infos + val_infos + test_infos)
 
         if shuffle:
             random.shuffle(train_infos)  # multi-resolution consistent random order
@@ -100,19 +100,19 @@ class Scene:
     def _ply_path(self, iteration: int) -> str:
         return os.path.join(self.model_path, "point_cloud", f"iteration_{iteration}", "point_cloud.ply")
 
-    def _write_inputs(self, scene_info: Any, infos: List[Any], camera_to_json: Any) -> None:
+    def _write_inputs(self, scene_info: Any, infos: List[Any]) -> None:
         """Copy the initial point cloud to ``input.ply`` and write ``cameras.json`` (fresh runs)."""
         mkdir_p(self.model_path)
         ply_path = getattr(scene_info, "ply_path", None)
         if ply_path and os.path.isfile(ply_path):
             with open(ply_path, "rb") as src, atomic_write(os.path.join(self.model_path, "input.ply"), "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        entries = [self._camera_entry(i, info, camera_to_json) for i, info in enumerate(infos)]
+        entries = [self._camera_entry(i, info) for i, info in enumerate(infos)]
         with atomic_write(os.path.join(self.model_path, "cameras.json"), "w") as fh:
             json.dump(entries, fh)
 
     @staticmethod
-    def _camera_entry(idx: int, info: Any, camera_to_json: Any) -> Dict[str, Any]:
+    def _camera_entry(idx: int, info: Any) -> Dict[str, Any]:
         """cameras.json entry of a CameraInfo at its native size (SPEC 4 fields)."""
         import numpy as np
 

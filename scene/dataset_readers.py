@@ -266,7 +266,8 @@ def read_cameras_from_transforms(root: str, transforms_file: str, white_backgrou
         image_path = _resolve_image_path(root, str(frame["file_path"]), extension)
         if not os.path.isfile(image_path):
             raise DatasetError(f"{where}.file_path: image not found: {image_path}")
-        image_name = os.path.splitext(os.path.basename(image_path))[0]
+        # relative path without extension ("images/00000_08", "train/r_0"): unique across splits
+        image_name = os.path.splitext(os.path.relpath(image_path, root))[0].replace(os.sep, "/")
 
         fovx = _frame_float(frame, "camera_angle_x", json_path, idx)
         if fovx is None and file_fovx is not None:

@@ -56,7 +56,9 @@ else
     echo "[setup] building CUDA packages with $NVCC (TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-auto}); this takes a few minutes"
   fi
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  "$PY" -m pip install -q --no-build-isolation -e submodules/diff-gaussian-rasterization -e submodules/simple-knn
+  pkgs=()
+  for d in submodules/*/; do [ -f "$d/setup.py" ] && pkgs+=(-e "$d"); done
+  "$PY" -m pip install -q --no-build-isolation "${pkgs[@]}"
   echo "$build_sig" > "$bstamp"
 fi
 "$PY" - <<'PYEOF'

@@ -11,14 +11,14 @@ import sys
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("", "submodules/diff-gaussian-rasterization", "submodules/simple-knn"):
-    path = os.path.join(REPO_ROOT, sub) if sub else REPO_ROOT
-    if path not in sys.path:
-        # The repo root first; the submodule folders only serve when the packages are not installed.
-        if sub:
-            sys.path.append(path)
-        else:
-            sys.path.insert(0, path)
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+# Our CUDA packages: the folders only serve when the packages are not installed (pip -e).
+_SUBMODULES = os.path.join(REPO_ROOT, "submodules")
+for _name in sorted(os.listdir(_SUBMODULES)) if os.path.isdir(_SUBMODULES) else []:
+    _path = os.path.join(_SUBMODULES, _name)
+    if os.path.isfile(os.path.join(_path, "setup.py")) and _path not in sys.path:
+        sys.path.append(_path)
 
 
 def _cuda_ready() -> bool:

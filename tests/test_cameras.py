@@ -191,3 +191,15 @@ def test_camera_rejects_bad_image():
     with pytest.raises(ValueError):
         Camera(0, np.eye(3), np.zeros(3), 1.0, 1.0, 4, 4, "x", 0, image=np.zeros((5, 4, 3), np.uint8),
                data_device="cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_data_device(tmp_path):
+    _write_rgba(tmp_path / "a.png", 16, 12)
+    info = CameraInfo(uid=0, R=np.eye(3), T=np.array([0, 0, 2.0]), FovY=0.8, FovX=1.0, image_path=str(tmp_path / "a.png"),
+                      image_name="a", width=16, height=12)
+    gpu = cameras_from_infos([info], data_device="cuda", progress=False)[0]
+    assert gpu.image_uint8.is_cuda and gpu.original_image.is_cuda and gpu.world_view_transform.is_cuda
+    cpu = cameras_from_infos([info], data_device="cpu", progress=False)[0]
+    assert cpu.image_uint8.device.type == "cpu" and cpu.image_uint8.is_pinned()
+    assert torch.equal(cpu.image_uint8, gpu.image_uint8.cpu())

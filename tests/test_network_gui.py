@@ -49,16 +49,17 @@ class TrainableDemo(DemoGaussians):
     def __init__(self, n: int = 48, num_timesteps: int = 4):
         super().__init__(n, num_timesteps, seed=1)
         self._base_xyz = self._base_xyz.clone().requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self._base_xyz], lr=1e-3)
         self.select_mesh_by_timestep(0)
 
 
-def train_step(model: TrainableDemo, iteration: int) -> float:
+def train_step(model: TrainableDemo, iteration: int, lr: float = 0.5) -> float:
+    """One plain gradient step (no torch.optim: keeps the test free of its slow first import)."""
     noise = torch.rand(model.get_xyz.shape)                  # global RNG, like random backgrounds
     loss = ((model.get_xyz - 0.05 * noise) ** 2).mean()
     loss.backward()
-    model.optimizer.step()
-    model.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model._base_xyz -= lr * model._base_xyz.grad
+    model._base_xyz.grad = None
     return float(loss.detach())
 
 
@@ -378,6 +379,26 @@ def test_mesh_overlay_and_its_absence(server, training, monkeypatch):
             assert sum("mesh overlay unavailable" in line for line in logs) == 1
     finally:
         srv2.close()
+
+
+@pytest.mark.parametrize("exc, text", [(RuntimeError("CUDA out of memory.\nTried to allocate"), "render failed (RuntimeError: CUDA out of memory.)"),
+                                       (KeyError("boom"), "internal error while serving (KeyError")])
+def test_failing_render_drops_the_viewer_not_training(server, exc, text):
+    def failing(*args, **kwargs):
+        raise exc
+    model = TrainableDemo()
+    server._render_fn = failing
+    with connect(server) as s:
+        s.sendall(make_request().encode())
+        deadline = time.monotonic() + 10
+        while server.viewers_dropped == 0 and time.monotonic() < deadline:
+            assert server.handle(1, model, None, DemoPipe(), torch.ones(3)) is False
+        header, payload = vp.read_message(s, timeout=5)
+        assert header.msg_type == vp.MsgType.ERROR and text in vp.decode_error(payload)
+    assert len(server.logs) == 1 and text in server.logs[0]
+    server._render_fn = splat_points
+    with connect(server) as s:
+        assert serve_one(server, model, s, make_request())[0].msg_type == vp.MsgType.FRAME
 
 
 def test_keep_alive_serves_until_the_viewer_lets_go(server):

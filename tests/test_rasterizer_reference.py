@@ -100,8 +100,15 @@ def numpy_sh_basis(degree: int, d: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
-def numpy_render(settings, means3D, opacities, colors=None, shs=None, scales=None, rotations=None, cov6=None):
-    """Return (image (3,H,W), radii (N,), per-splat dict) computed pixel by pixel."""
+def numpy_render(settings, means3D, opacities, colors=None, shs=None, scales=None, rotations=None, cov6=None,
+                 stats=None):
+    """Return (image (3,H,W), radii (N,), per-splat dicts) computed pixel by pixel.
+
+    ``stats`` (a dict), when given, receives ``early_stops`` (pixels that hit the T < 1e-4 stop) and
+    ``clamped`` (pixel-splat pairs where alpha was clamped to 0.99).
+    """
+    stats = {} if stats is None else stats
+    stats.update(early_stops=0, clamped=0)
     W, H = settings.image_width, settings.image_height
     V = settings.viewmatrix.numpy()
     P = settings.projmatrix.numpy()
@@ -179,7 +186,9 @@ def numpy_render(settings, means3D, opacities, colors=None, shs=None, scales=Non
                     continue
                 test_T = T * (1 - alpha)
                 if test_T < 1e-4:
+                    stats["early_stops"] += 1
                     break
+                stats["clamped"] += alpha == 0.99
                 C += s["col"] * alpha * T
                 T = test_T
             image[:, y, x] = C + T * bg
@@ -217,14 +226,16 @@ def test_forward_matches_numpy_sh(degree):
 
 
 def test_forward_matches_numpy_dense_scene_with_early_stop_and_cov():
-    """Many overlapping, fairly opaque splats: early stop, tile lists and precomputed covariances."""
+    """Many overlapping, nearly opaque splats: early stop, alpha clamp, tile lists, precomputed covariances."""
     settings = make_settings(width=40, height=35, fx=25, fy=25, cx=22.0, cy=14.5)
-    scene = random_scene(40, settings, seed=5, scale=(0.1, 0.4), opacity=(0.5, 1.0))
+    scene = random_scene(80, settings, seed=5, scale=(0.2, 0.6), opacity=(0.85, 1.0))
     cov = reference.covariance_from_scale_rotation(scene["scales"], scene["rotations"])
     scene["cov6"] = reference.pack_covariance(cov)
     image, radii = render(settings, scene, use_sh=False, cov=True)
+    stats = {}
     expected, exp_radii, _ = numpy_render(settings, scene["means3D"].numpy(), scene["opacities"].numpy(),
-                                          colors=scene["colors"].numpy(), cov6=scene["cov6"].numpy())
+                                          colors=scene["colors"].numpy(), cov6=scene["cov6"].numpy(), stats=stats)
+    assert stats["early_stops"] > 100 and stats["clamped"] > 0
     np.testing.assert_array_equal(radii.numpy(), exp_radii)
     np.testing.assert_allclose(image.detach().numpy(), expected, atol=1e-10)
 
@@ -529,6 +540,24 @@ def test_gradients_cov3d_precomp_and_scale_modifier():
     _gradcheck(fn, (cov6.clone().requires_grad_(True), scene["means3D"].requires_grad_(True)))
 
 
+def test_gradients_with_early_stop_active():
+    """Finite differences still match where many pixels stop early (excluded splats get no gradient)."""
+    settings = make_settings(width=24, height=20, fx=15, fy=15)
+    scene = random_scene(30, settings, seed=3, scale=(0.3, 0.6), opacity=(0.85, 0.97), spread=0.6)
+    stats = {}
+    numpy_render(settings, scene["means3D"].numpy(), scene["opacities"].numpy(), colors=scene["colors"].numpy(),
+                 scales=scene["scales"].numpy(), rotations=scene["rotations"].numpy(), stats=stats)
+    assert stats["early_stops"] > 10 and stats["clamped"] == 0
+    w = _weights(settings)
+
+    def fn(means3D, opacities):
+        image, _ = GaussianRasterizer(settings)(means3D, None, opacities, colors_precomp=scene["colors"],
+                                                scales=scene["scales"], rotations=scene["rotations"])
+        return (image * w).sum()
+
+    _gradcheck(fn, (scene["means3D"].requires_grad_(True), scene["opacities"].requires_grad_(True)))
+
+
 def test_means2d_gradient_is_ndc_gradient():
     """means2D.grad == dL/d ndc, checked by shifting the projection's translation row (ndc += eps / w)."""
     settings, scene = _grad_scene(seed=3, degree=0, n=1)
@@ -559,8 +588,8 @@ def test_means2d_gradient_is_ndc_gradient():
     torch.testing.assert_close(image2, image.detach())
 
 
-def test_gradients_view_matrix_and_background():
-    """Camera and background gradients come from autograd too (extras over the original)."""
+def test_gradients_background():
+    """The background gradient comes from autograd too (an extra over the original)."""
     settings, scene = _grad_scene(seed=2, degree=1, n=4)
     w = _weights(settings)
 

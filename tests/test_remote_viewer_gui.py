@@ -209,7 +209,8 @@ def test_link_waits_connects_and_reconnects_after_trainer_restart():
     def make_request():
         return vp.RenderRequest(width=24, height=16, fovx=cam.fovx_rad, fovy=cam.fovy_rad,
                                 world_view_transform=cam.world_view_transform.tolist(),
-                                full_proj_transform=cam.full_proj_transform.tolist(), timestep=1)
+                                full_proj_transform=cam.full_proj_transform.tolist(),
+                                timestep=50)        # beyond the model's 6: the link clamps it to 5
 
     link = remote_viewer.ViewerLink("127.0.0.1", port, make_request, io_timeout=5.0)
     link.start()
@@ -223,6 +224,7 @@ def test_link_waits_connects_and_reconnects_after_trainer_restart():
         frame = link.take_frame()
         assert frame is not None and frame[1:] == (24, 16) and frame[0].shape == (24 * 16 * 3,)
         assert link.snapshot().status.num_timesteps == 6
+        assert first.server.last_error == ""               # no request was refused
         first.finish()                                   # the trainer goes away ...
         assert _wait(lambda: not link.snapshot().connected, 10)
         n = link.snapshot().frames
