@@ -86,6 +86,7 @@ def bench_training(iterations: int, repeats: int) -> None:
     def one(p: int, k: int) -> float:
         argv = ["-s", subject, "-m", os.path.join(work, f"out_{p}_{k}"), "--bind_to_mesh", "--white_background",
                 "--port", str(p), "--quiet", "--interval", "0", "--iterations", str(iterations), "--seed", "0",
+                "--data_device", "cuda" if torch.cuda.is_available() else "cpu",
                 "--flame_model_path", os.path.join(flame, "flame2023.pkl"),
                 "--flame_masks_path", os.path.join(flame, "FLAME_masks.pkl")]
         args = train.build_parser().parse_args(argv)

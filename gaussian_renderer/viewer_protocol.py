@@ -162,6 +162,8 @@ def loads_object(payload: bytes, what: str) -> Dict[str, Any]:
         raise ProtocolError(f"{what}: JSON nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ProtocolError(f"{what}: invalid JSON ({e.msg} at char {e.pos})") from None
+    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+        raise ProtocolError(f"{what}: invalid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what}: JSON payload must be an object, got {type(obj).__name__}")
     return obj

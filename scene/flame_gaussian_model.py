@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from scene.gaussian_model import GaussianModel
-from utils.general_utils import inverse_sigmoid, quat_multiply, rotmat_to_quat
+from utils.general_utils import inverse_sigmoid, quat_multiply, quat_table, rotmat_to_quat
 from utils.sh_utils import RGB2SH
 from utils.system_utils import atomic_write
 
@@ -154,6 +154,7 @@ class FlameGaussianModel(GaussianModel):
         self.face_orien_quat: Optional[torch.Tensor] = None
         self.face_scaling: Optional[torch.Tensor] = None
         self._laplacian: Optional[torch.Tensor] = None
+        self._quat_table = quat_table(self.device)
 
     # ------------------------------------------------------------------ FLAME parameters
     def _clone_params(self, params: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -316,7 +317,7 @@ class FlameGaussianModel(GaussianModel):
         center, R, k = compute_face_orientation(v, self.faces)
         self.face_center = center
         self.face_orien_mat = R
-        self.face_orien_quat = rotmat_to_quat(R)
+        self.face_orien_quat = rotmat_to_quat(R, self._quat_table)
         self.face_scaling = k
         self.verts = v[None]
         self.verts_cano = verts_cano

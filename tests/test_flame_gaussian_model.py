@@ -26,11 +26,11 @@ from utils.ply_io import ply_attribute_names
 def axis_angle(r: torch.Tensor) -> torch.Tensor:
     theta = r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     k = r / theta
-    K = torch.zeros(*r.shape[:-1], 3, 3, dtype=r.dtype)
+    K = torch.zeros(*r.shape[:-1], 3, 3, dtype=r.dtype, device=r.device)
     K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -k[..., 2], k[..., 1], -k[..., 0]
     K = K - K.transpose(-1, -2)
     s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    return torch.eye(3) + s * K + (1 - c) * (K @ K)
+    return torch.eye(3, device=r.device) + s * K + (1 - c) * (K @ K)
 
 
 class TinyFlame(torch.nn.Module):
@@ -82,8 +82,8 @@ def make_meshes(T=3, V=9, n_shape=4, n_expr=3, seed=0, teeth_missing=2):
     return out
 
 
-def make_model(T=3, **kw) -> FlameGaussianModel:
-    g = FlameGaussianModel(3, n_shape=4, n_expr=3, flame_model=TinyFlame(), device="cpu", **kw)
+def make_model(T=3, device="cpu", **kw) -> FlameGaussianModel:
+    g = FlameGaussianModel(3, n_shape=4, n_expr=3, flame_model=TinyFlame(), device=device, **kw)
     meshes = make_meshes(T)
     g.load_meshes({t: meshes[t] for t in range(T - 1)}, {T - 1: meshes[T - 1]}, {}, {})
     g.create_from_pcd(None, spatial_lr_scale=1.5)
@@ -493,3 +493,26 @@ def test_procedural_flame_head(tmp_path):
     h.load_ply(str(tmp_path / "m" / "point_cloud.ply"))
     h.select_mesh_by_timestep(1)
     np.testing.assert_allclose(h.get_xyz.detach().numpy(), g.get_xyz.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_per_iteration_path_has_no_host_sync():
+    """select_mesh_by_timestep, the world getters, the regularisers and the densification
+    statistics run without a device-to-host synchronisation."""
+    g = make_model(device="cuda")
+    setup_training(g)
+    vis = torch.ones(g.num_points, dtype=torch.bool, device="cuda")
+    radii = torch.full((g.num_points,), 3, dtype=torch.int32, device="cuda")
+    means2d = torch.zeros(g.num_points, 3, device="cuda", requires_grad=True)
+    (means2d * 2).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        g.select_mesh_by_timestep(1)
+        loss = g.get_xyz.sum() + g.get_scaling.sum() + g.get_rotation.sum()
+        loss = loss + g.compute_xyz_loss(1.0, mask=vis) + g.compute_scale_loss(0.6, metric=True, mask=vis)
+        g.add_densification_stats(means2d, vis)
+        g.update_max_radii2D(radii, vis)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import pytest

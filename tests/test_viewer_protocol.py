@@ -201,6 +201,7 @@ def test_missing_field_and_unknown_fields():
     (b'{"a": Infinity}', "non-finite"),
     (b"[" * 100000 + b"]" * 100000, "nested too deeply|invalid JSON"),
     (b"\xff\xfe{}", "not UTF-8"),
+    (b'{"width": ' + b"9" * 100000 + b"}", "invalid JSON"),
     (b"[1, 2]", "must be an object"),
     (b'{"a": ', "invalid JSON"),
     (b"", "invalid JSON"),

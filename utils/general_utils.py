@@ -20,6 +20,7 @@ __all__ = [
     "strip_lowerdiag",
     "quat_multiply",
     "rotmat_to_quat",
+    "quat_table",
     "seed_everything",
 ]
 
@@ -105,30 +106,46 @@ def quat_multiply(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     )
 
 
-def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
+# Linear map from the 9 entries of R (row-major) to the four Shepperd candidate quaternions
+# (candidate c is built on diagonal term c: w, x, y, z), each wxyz and scaled by 4 * component.
+_SHEPPERD_ROWS = (
+    # (constant, {flat index: coefficient}) for the 16 outputs, candidate-major
+    (1, {0: 1, 4: 1, 8: 1}), (0, {7: 1, 5: -1}), (0, {2: 1, 6: -1}), (0, {3: 1, 1: -1}),
+    (0, {7: 1, 5: -1}), (1, {0: 1, 4: -1, 8: -1}), (0, {1: 1, 3: 1}), (0, {2: 1, 6: 1}),
+    (0, {2: 1, 6: -1}), (0, {1: 1, 3: 1}), (1, {0: -1, 4: 1, 8: -1}), (0, {5: 1, 7: 1}),
+    (0, {3: 1, 1: -1}), (0, {2: 1, 6: 1}), (0, {5: 1, 7: 1}), (1, {0: -1, 4: -1, 8: 1}),
+)
+
+
+def quat_table(device=None, dtype=torch.float32):
+    """Constant tensors ``(M (9,16), b (16,))`` used by :func:`rotmat_to_quat`; build them once
+    per device and pass them in to avoid a host-to-device copy per call."""
+    M = torch.zeros(9, 16, dtype=dtype)
+    b = torch.zeros(16, dtype=dtype)
+    for j, (const, coeffs) in enumerate(_SHEPPERD_ROWS):
+        b[j] = const
+        for k, c in coeffs.items():
+            M[k, j] = c
+    return M.to(device), b.to(device)
+
+
+def rotmat_to_quat(R: torch.Tensor, table=None) -> torch.Tensor:
     """Unit wxyz quaternions from rotation matrices ``(..., 3, 3)``.
 
-    Branch-free Shepperd method: the four candidate quaternions are formed and, per matrix, the
-    one built on the largest diagonal term is picked with ``argmax``/``gather`` (numerically
-    stable for every rotation, differentiable, no host synchronisation).
+    Branch-free Shepperd method: the four candidate quaternions are formed (one linear map of
+    the matrix entries) and, per matrix, the one built on the largest diagonal term is picked with
+    ``argmax``/``gather`` (stable for every rotation, differentiable, no host synchronisation,
+    a handful of kernels). ``table`` is :func:`quat_table` on ``R``'s device (built if None).
     """
-    m00, m01, m02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
-    m10, m11, m12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
-    m20, m21, m22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
-    cand = torch.stack(
-        [
-            torch.stack([1 + m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01], dim=-1),
-            torch.stack([m21 - m12, 1 + m00 - m11 - m22, m01 + m10, m02 + m20], dim=-1),
-            torch.stack([m02 - m20, m01 + m10, 1 - m00 + m11 - m22, m12 + m21], dim=-1),
-            torch.stack([m10 - m01, m02 + m20, m12 + m21, 1 - m00 - m11 + m22], dim=-1),
-        ],
-        dim=-2,
-    )  # (..., 4 candidates, 4)
-    diag = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
-    )
-    best = diag.argmax(dim=-1, keepdim=True)  # (..., 1)
-    q = torch.gather(cand, -2, best[..., None].expand(*best.shape[:-1], 1, 4)).squeeze(-2)
+    if table is None:
+        table = quat_table(R.device, R.dtype)
+    M, b = table
+    batch = R.shape[:-2]
+    flat = R.reshape(-1, 9, 1)
+    cand = ((flat * M).sum(dim=-2) + b).reshape(*batch, 4, 4)  # (..., candidate, wxyz)
+    diag = torch.diagonal(cand, dim1=-2, dim2=-1)
+    best = diag.argmax(dim=-1, keepdim=True)
+    q = torch.gather(cand, -2, best[..., None].expand(*batch, 1, 4)).squeeze(-2)
     return torch.nn.functional.normalize(q, dim=-1)
 
 

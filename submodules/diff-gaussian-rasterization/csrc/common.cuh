@@ -136,7 +136,7 @@ __device__ __forceinline__ float conic_q(float A, float B, float C, float dx, fl
     return A * dx * dx + 2.0f * B * dx * dy + C * dy * dy;
 }
 
-__device__ __noinline__ bool tile_hit(int width, int height, float2 m, float4 co, int tx, int ty) {
+static __device__ __noinline__ bool tile_hit(int width, int height, float2 m, float4 co, int tx, int ty) {
     const float o = co.w;
     if (isnan(o)) return true;
     if (!(o > 0.0f)) return false;  // alpha <= 0 never passes the 1/255 test

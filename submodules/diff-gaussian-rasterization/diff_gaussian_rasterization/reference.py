@@ -424,9 +424,9 @@ def _plan_chunks(counts: Sequence[int], block_ids: Sequence[int], block: int,
 
 def blend_chunk(xs: Tensor, ys: Tensor, xy: Tensor, conic: Tensor, opacity: Tensor, color: Tensor,
                 valid: Tensor) -> Tuple[Tensor, Tensor]:
-    """Front-to-back blend of padded per-tile lists for a block of pixels.
+    """Front-to-back blend of padded per-block splat lists for a group of pixel blocks.
 
-    ``xs (Tc, X)`` / ``ys (Tc, Y)`` pixel coordinates (the block is their outer product), ``xy (Tc, L, 2)``,
+    ``xs (Tc, X)`` / ``ys (Tc, Y)`` pixel coordinates (each block is their outer product), ``xy (Tc, L, 2)``,
     ``conic (Tc, L, 3)``, ``opacity (Tc, L)``, ``color (Tc, L, 3)`` splat data in depth order,
     ``valid (Tc, L)`` marks real (non-padding) entries.  Returns the accumulated colour
     ``(Tc, Y * X, 3)`` and final transmittance ``(Tc, Y * X)``; pixels are row-major.
