@@ -67,12 +67,14 @@ class ViewerLink(threading.Thread):
     """Background thread: connect, send the UI's current request, receive the reply, repeat.
 
     ``make_request`` is called on this thread and must be thread-safe (it copies UI state).
+    The trainer answers once per iteration (and not at all during an evaluation or a save), so
+    ``io_timeout`` is generous; a dead link is noticed by TCP errors or by that timeout.
     The newest decoded frame (float32 RGB, flat, for a DearPyGui raw texture) is published via
     :meth:`take_frame`.
     """
 
     def __init__(self, ip: str, port: int, make_request: Callable[[], RenderRequest],
-                 io_timeout: float = 15.0):
+                 io_timeout: float = 60.0):
         super().__init__(daemon=True, name="viewer-link")
         self.ip, self.port = ip, port
         self.make_request = make_request
@@ -183,6 +185,31 @@ class ViewerLink(threading.Thread):
             pass
 
 
+class DragTracker:
+    """Turns per-frame mouse state into camera moves: a drag starts with a button pressed over
+    the image (then may leave it), left = orbit, right/middle = pan; ends on release."""
+
+    MODES = {"left": "orbit", "right": "pan", "middle": "pan"}
+
+    def __init__(self) -> None:
+        self.last: Optional[Tuple[float, float]] = None
+        self.button: Optional[str] = None
+
+    def update(self, down: list, pos: Tuple[float, float], hovered: bool) -> Optional[Tuple[str, float, float]]:
+        """``down``: names of the buttons held; returns ``(mode, dx, dy)`` or None."""
+        if self.button is not None and self.button not in down:
+            self.last = self.button = None
+        if self.button is None:
+            if down and hovered:
+                self.button, self.last = down[0], (float(pos[0]), float(pos[1]))
+            return None
+        dx, dy = pos[0] - self.last[0], pos[1] - self.last[1]
+        self.last = (float(pos[0]), float(pos[1]))
+        if dx == 0 and dy == 0:
+            return None
+        return self.MODES[self.button], float(dx), float(dy)
+
+
 class RemoteViewerApp:
     """The DearPyGui window: image, controls, status; owns the camera and the link."""
 
@@ -198,8 +225,7 @@ class RemoteViewerApp:
                          "pause_rendering": False, "keep_alive": False, "jpeg_quality": args.jpeg_quality}
         self.num_timesteps = 0
         self.link = ViewerLink(args.ip, args.port, self.make_request)
-        self._drag_last: Optional[Tuple[float, float]] = None
-        self._drag_button: Optional[int] = None
+        self._drag = DragTracker()
         self.frames_shown = 0
 
     # -- request from UI state (called on the link thread) ---------------------------------
@@ -313,25 +339,14 @@ class RemoteViewerApp:
         """Per-frame drag tracking on the image (orbit with left, pan with right/middle)."""
         import dearpygui.dearpygui as dpg
 
-        buttons = ((dpg.mvMouseButton_Left, "orbit"), (dpg.mvMouseButton_Right, "pan"),
-                   (dpg.mvMouseButton_Middle, "pan"))
-        down = [b for b, _ in buttons if dpg.is_mouse_button_down(b)]
-        pos = dpg.get_mouse_pos(local=False)
-        if not down:
-            self._drag_last, self._drag_button = None, None
+        names = {dpg.mvMouseButton_Left: "left", dpg.mvMouseButton_Right: "right",
+                 dpg.mvMouseButton_Middle: "middle"}
+        down = [name for b, name in names.items() if dpg.is_mouse_button_down(b)]
+        x, y = dpg.get_mouse_pos(local=False)
+        move = self._drag.update(down, (x, y), dpg.is_item_hovered("frame_img"))
+        if move is None:
             return
-        if self._drag_last is None:
-            if dpg.is_item_hovered("frame_img"):  # drags start on the image only
-                self._drag_last, self._drag_button = (pos[0], pos[1]), down[0]
-            return
-        if self._drag_button not in down:
-            self._drag_last, self._drag_button = None, None
-            return
-        dx, dy = pos[0] - self._drag_last[0], pos[1] - self._drag_last[1]
-        self._drag_last = (pos[0], pos[1])
-        if dx == 0 and dy == 0:
-            return
-        mode = dict(buttons)[self._drag_button]
+        mode, dx, dy = move
         with self._lock:
             if mode == "orbit":
                 self.camera.orbit(dx, dy)

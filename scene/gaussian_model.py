@@ -13,7 +13,6 @@ per-splat bookkeeping (bindings) in step with densification.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 import numpy as np

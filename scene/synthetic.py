@@ -52,6 +52,7 @@ class SyntheticConfig:
     fill: float = 0.6
     device: str = "auto"
     batch_timesteps: int = 0   # 0: automatic
+    supersample: int = 1       # render at S x the size and box-filter down (anti-aliased edges)
     progress: bool = True
 
 
@@ -65,6 +66,11 @@ class SynthCamera:
     cy: float
     width: int
     height: int
+
+    def scaled(self, s: int) -> "SynthCamera":
+        """The same camera at s x the resolution (pixel centres at integer coordinates)."""
+        return SynthCamera(self.index, self.c2w_gl, self.fl_x * s, self.fl_y * s, (self.cx + 0.5) * s - 0.5,
+                           (self.cy + 0.5) * s - 0.5, self.width * s, self.height * s)
 
     def matrices(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Transposed world_view_transform and full_proj_transform (as scene.cameras.Camera)."""
@@ -254,7 +260,8 @@ def generate(cfg: SyntheticConfig) -> Dict:
     head_center = (lo + hi) / 2
     head_height = float(hi[1] - lo[1])
     cams = make_cameras(cfg, head_center, head_height)
-    mats = [c.matrices() for c in cams]
+    S = max(1, int(cfg.supersample))
+    mats = [c.scaled(S).matrices() for c in cams]
     wv = torch.stack([m[0] for m in mats]).to(device)
     fp = torch.stack([m[1] for m in mats]).to(device)
 
@@ -273,7 +280,7 @@ def generate(cfg: SyntheticConfig) -> Dict:
     N = len(cams)
     n_workers = max(1, min(16, os.cpu_count() or 1))
     if device.type == "cuda":
-        per_batch = cfg.batch_timesteps or max(1, int(8_000_000 // max(1, N * cfg.width * cfg.height)))
+        per_batch = cfg.batch_timesteps or max(1, int(8_000_000 // max(1, N * cfg.width * cfg.height * S * S)))
     else:
         per_batch = cfg.batch_timesteps or 1
 
@@ -281,9 +288,16 @@ def generate(cfg: SyntheticConfig) -> Dict:
         verts = verts_all[ts].repeat_interleave(N, 0)            # (len(ts)*N, V, 3)
         with torch.no_grad():
             out = render_mesh(verts, faces, world_view_transform=wv.repeat(len(ts), 1, 1),
-                              full_proj_transform=fp.repeat(len(ts), 1, 1), width=cfg.width,
-                              height=cfg.height, channels_last=True, **uv_kw)
-        return (out.rgba.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+                              full_proj_transform=fp.repeat(len(ts), 1, 1), width=cfg.width * S,
+                              height=cfg.height * S, channels_last=False, **uv_kw)
+            rgba = out.rgba
+            if S > 1:
+                # box filter of premultiplied colour (background pixels are 0), then un-premultiply
+                rgba = torch.nn.functional.avg_pool2d(rgba, S)
+                a = rgba[:, 3:4]
+                rgba = torch.cat([torch.where(a > 0, rgba[:, :3] / a.clamp(min=1e-6), rgba[:, :3]), a], 1)
+            rgba = rgba.permute(0, 2, 3, 1)
+        return (rgba.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
     def write_batch(ts: List[int], rgba: np.ndarray) -> None:
         for j, t in enumerate(ts):
@@ -324,7 +338,7 @@ def generate(cfg: SyntheticConfig) -> Dict:
             "flame_model_path": os.path.abspath(os.path.join(flame_dir, "flame2023.pkl")),
             "width": cfg.width, "height": cfg.height, "num_cameras": N, "num_timesteps": cfg.num_timesteps,
             "train_timesteps": train_t, "test_timesteps": test_t, "front_camera": front, "seed": cfg.seed,
-            "device": str(device), "seconds": round(time.time() - t0, 2)}
+            "supersample": S, "device": str(device), "seconds": round(time.time() - t0, 2)}
     _write_json(os.path.join(cfg.out, "synthetic_info.json"), info)
     return info
 
@@ -341,13 +355,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch_timesteps", type=int, default=0)
+    p.add_argument("--supersample", type=int, default=1,
+                   help="render at S x the resolution and average down (anti-aliased silhouettes)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.num_cameras < 2 or a.num_timesteps < 2 or a.width < 8 or a.height < 8:
         p.error("need at least 2 cameras, 2 timesteps and 8x8 pixels")
     cfg = SyntheticConfig(out=a.out, flame_dir=a.flame_dir, width=a.width, height=a.height,
                           num_cameras=a.num_cameras, num_timesteps=a.num_timesteps, test_fraction=a.test_fraction,
-                          seed=a.seed, device=a.device, batch_timesteps=a.batch_timesteps, progress=not a.quiet)
+                          seed=a.seed, device=a.device, batch_timesteps=a.batch_timesteps, supersample=a.supersample,
+                          progress=not a.quiet)
     info = generate(cfg)
     print(f"wrote {a.out}: {info['num_cameras']} cameras x {info['num_timesteps']} timesteps at "
           f"{info['width']}x{info['height']} in {info['seconds']} s on {info['device']}")

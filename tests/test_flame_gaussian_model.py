@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from plyfile import PlyData, PlyElement
-from scipy.spatial.transform import Rotation
 
 from arguments import OptimizationParams
 from scene.flame_gaussian_model import FLAME_PARAM_KEYS, FlameGaussianModel, compute_face_orientation
@@ -270,6 +269,37 @@ def test_densify_inherits_bindings_and_keeps_faces():
                                    (parent_scale[face] / 1.6).expand(2, 3).numpy(), rtol=1e-5)
     step(g)  # optimizer intact, FLAME groups untouched by surgery
     assert len(g.optimizer.param_groups) == 9
+
+
+def test_split_samples_follow_world_gaussian():
+    """Children of a split splat are distributed like the parent's world-space Gaussian
+    (offsets sampled in the triangle frame, i.e. world offsets divided by k_t)."""
+    torch.manual_seed(1)
+    g = make_model()
+    g.percent_dense = 0.01
+    M = 3000
+    idx = torch.zeros(M, dtype=torch.long)
+    q = torch.tensor([0.8, 0.3, -0.4, 0.2])
+    with torch.no_grad():
+        g._scaling[0] = torch.log(torch.tensor([0.5, 0.2, 0.1]))
+        g._rotation[0] = q
+        g._xyz[0] = torch.tensor([0.1, -0.2, 0.3])
+    g.densification_postfix({n: getattr(g, a)[idx].detach() for n, a in SPLAT_PARAM_GROUPS.items()}, idx)
+    parent_world = g.get_xyz[0].detach().clone()
+    k = g.face_scaling[0, 0]
+    L = g.face_orien_mat[0] @ build_rotation(q) @ torch.diag(torch.tensor([0.5, 0.2, 0.1]) * k)
+    cov_expected = (L @ L.T).numpy()
+    grads = torch.zeros(g.num_points, 1)
+    grads[g.binding == 0] = 1.0
+    n_before = g.num_points
+    g.densify_and_split(grads, 0.5, scene_extent=1e-3)
+    assert g.num_points == n_before - (M + 1) + 2 * (M + 1)
+    children = g.get_xyz[g.binding == 0].detach() - parent_world
+    cov = np.cov(children.numpy().T)
+    assert np.abs(cov - cov_expected).max() < 0.08 * np.abs(cov_expected).max()
+    assert np.abs(children.mean(0).numpy()).max() < 0.05 * float(k) * 0.5
+    np.testing.assert_allclose(g.get_scaling[g.binding == 0].detach().numpy(),
+                               (torch.tensor([0.5, 0.2, 0.1]) * k / 1.6).expand(2 * (M + 1), 3).numpy(), rtol=1e-5)
 
 
 def test_prune_never_empties_a_face():

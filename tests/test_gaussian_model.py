@@ -1,7 +1,6 @@
 """Plain 3DGS model: initialisation, optimizer groups, densification surgery, PLY, checkpoints."""
 import dataclasses
 import importlib.util
-import io
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import scene.gaussian_model as gm_mod
 from arguments import OptimizationParams
 from scene.gaussian_model import GaussianModel
 from utils.general_utils import inverse_sigmoid
-from utils.ply_io import ply_attribute_names, read_gaussian_ply
+from utils.ply_io import ply_attribute_names
 from utils.sh_utils import RGB2SH
 
 

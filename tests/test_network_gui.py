@@ -472,7 +472,8 @@ def _fuzz_case(rng: random.Random) -> tuple:
         full = vp.encode_message(vp.MsgType.REQUEST, _valid_payload(rng))
         return full[:rng.randrange(1, len(full))], False              # truncated, then EOF
     if kind == 5:
-        p = rng.choice([b"{", b"not json", b'{"width": }', b"\xff\xff", b"[]", b"null", b"1e999", b"[" * 5000])
+        p = rng.choice([b"{", b"not json", b'{"width": }', b"\xff\xff", b"[]", b"null", b"1e999", b"[" * 5000,
+                        b'{"width": ' + b"9" * 5000 + b"}"])
         return H(vp.MsgType.REQUEST, len(p)) + p, True
     if kind == 6:
         p = _mutated_request(rng)                                       # may happen to be valid

@@ -142,6 +142,23 @@ def test_app_request_follows_ui_state():
     assert vp.decode_request(req.encode()[vp.HEADER_SIZE:]).to_json() == req.to_json()
 
 
+def test_drag_tracker_maps_buttons_to_orbit_and_pan():
+    from remote_viewer import DragTracker
+
+    d = DragTracker()
+    assert d.update(["left"], (10, 10), hovered=False) is None        # drags start on the image only
+    assert d.update(["left"], (12, 10), hovered=False) is None
+    assert d.update([], (12, 10), hovered=True) is None
+    assert d.update(["left"], (10, 10), hovered=True) is None          # press: start
+    assert d.update(["left"], (15, 7), hovered=False) == ("orbit", 5.0, -3.0)   # may leave the image
+    assert d.update(["left"], (15, 7), hovered=False) is None          # no motion
+    assert d.update([], (15, 7), hovered=True) is None                 # release
+    assert d.update(["right"], (0, 0), hovered=True) is None
+    assert d.update(["right"], (2, 1), hovered=True) == ("pan", 2.0, 1.0)
+    assert d.update(["middle"], (3, 1), hovered=True) is None          # button changed: new drag
+    assert d.update(["middle"], (4, 3), hovered=True) == ("pan", 1.0, 2.0)
+
+
 def test_parse_args_rejects_bad_sizes():
     import remote_viewer
 

@@ -40,12 +40,15 @@ def check_images(img1: Tensor, img2: Tensor) -> None:
         raise ValueError(f"ga_ssim: image shapes differ: {tuple(img1.shape)} vs {tuple(img2.shape)}")
 
 
-def _filter(x: Tensor) -> Tensor:
-    """'Same' 11x11 Gaussian filtering of every channel of ``(B,C,H,W)``, zero padding 5."""
-    channels = x.shape[1]
+def _window(x: Tensor) -> Tensor:
+    """The depthwise 2D window ``(C, 1, 11, 11)`` (outer product of the taps) for ``(B,C,H,W)`` x."""
     g = gaussian_taps(x.device, x.dtype)
-    window = (g[:, None] * g[None, :]).expand(channels, 1, WINDOW, WINDOW).contiguous()
-    return F.conv2d(x, window, padding=WINDOW // 2, groups=channels)
+    return (g[:, None] * g[None, :]).expand(x.shape[1], 1, WINDOW, WINDOW).contiguous()
+
+
+def _filter(x: Tensor, window: Tensor) -> Tensor:
+    """'Same' 11x11 Gaussian filtering of every channel of ``(B,C,H,W)``, zero padding 5."""
+    return F.conv2d(x, window, padding=WINDOW // 2, groups=x.shape[1])
 
 
 def ssim_map(img1: Tensor, img2: Tensor) -> Tensor:
@@ -54,7 +57,10 @@ def ssim_map(img1: Tensor, img2: Tensor) -> Tensor:
     squeeze = img1.dim() == 3
     x, y = (img1[None], img2[None]) if squeeze else (img1, img2)
     y = y.to(x.dtype)
-    filt = _filter
+    window = _window(x)
+
+    def filt(t: Tensor) -> Tensor:
+        return _filter(t, window)
 
     mu1, mu2 = filt(x), filt(y)
     mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
@@ -85,8 +91,13 @@ def ssim_with_grad(img1: Tensor, img2: Tensor) -> tuple[Tensor, Tensor]:
     x, y = (img1[None], img2[None]) if squeeze else (img1, img2)
     x = x.detach()
     y = y.detach().to(x.dtype)
-    mu1, mu2 = _filter(x), _filter(y)
-    e11, e22, e12 = _filter(x * x), _filter(y * y), _filter(x * y)
+    window = _window(x)
+
+    def filt(t: Tensor) -> Tensor:
+        return _filter(t, window)
+
+    mu1, mu2 = filt(x), filt(y)
+    e11, e22, e12 = filt(x * x), filt(y * y), filt(x * y)
     a = 2 * mu1 * mu2 + C1
     b = 2 * (e12 - mu1 * mu2) + C2
     c = mu1 * mu1 + mu2 * mu2 + C1
@@ -96,5 +107,5 @@ def ssim_with_grad(img1: Tensor, img2: Tensor) -> tuple[Tensor, Tensor]:
     d_e11 = -s / d
     d_e12 = 2 * a / (c * d)
     n = s.numel()
-    grad = (_filter(d_mu) + 2 * x * _filter(d_e11) + y * _filter(d_e12)) / n
+    grad = (filt(d_mu) + 2 * x * filt(d_e11) + y * filt(d_e12)) / n
     return s.mean(), (grad[0] if squeeze else grad)
