@@ -103,7 +103,9 @@ def bench_training(iterations: int, repeats: int) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} torch threads)"
     print(json.dumps({"case": f"train.py {iterations} iterations, synthetic subject 64x48, {device}",
                       "it_per_s_no_port": round(max(rates[0]), 3),
-                      "it_per_s_port_open_nobody_connected": round(max(rates[port]), 3)}))
+                      "it_per_s_port_open_nobody_connected": round(max(rates[port]), 3),
+                      "samples_no_port": [round(r, 2) for r in rates[0]],
+                      "samples_port": [round(r, 2) for r in rates[port]]}))
 
 
 def main() -> None:
