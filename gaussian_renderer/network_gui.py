@@ -84,7 +84,7 @@ class ViewerServer:
         self._lingering: Deque[Tuple[socket.socket, float]] = deque()
         self.paused = False          # the connected viewer asked to pause training
         self.keep_alive_requested: Optional[bool] = None   # None: no request from this viewer yet
-        self.frames_sent = 0
+        self.replies_sent = 0
         self.viewers_dropped = 0
         self.viewers_accepted = 0
         self.last_error = ""
@@ -266,7 +266,7 @@ class ViewerServer:
         cfg = self.config
         if self._out is not None:
             if self.paused or training_done:  # nothing else to do: wait for the socket to drain
-                select.select([], [self._conn], [], cfg.pause_wait_s)
+                _wait_fd(self._conn, write=True, timeout=cfg.pause_wait_s)
             self._flush()
             if self._out is not None:
                 if time.monotonic() - self._out_progress_at > cfg.write_timeout_s:
@@ -303,8 +303,7 @@ class ViewerServer:
         if dec.pending:
             return dec.pending.popleft()
         if wait > 0:
-            readable, _, _ = select.select([conn], [], [], wait)
-            if not readable:
+            if not _wait_fd(conn, write=False, timeout=wait):
                 return None
         for _ in range(64):  # bounded work per call; a 1 MiB request is 16 chunks
             try:
@@ -335,7 +334,7 @@ class ViewerServer:
             self._out = out
         else:
             self._out = None
-            self.frames_sent += 1
+            self.replies_sent += 1
 
     # ---- rendering ------------------------------------------------------------------------------
     def _answer(self, req: RenderRequest, iteration: int, gaussians: Any, scene: Any, pipe: Any,
@@ -434,6 +433,17 @@ class ViewerServer:
 
 def _print_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+def _wait_fd(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """Wait until ``sock`` is readable (or writable); ``poll`` where available (no FD_SETSIZE
+    limit: training processes may hold many descriptors), else ``select``."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        return bool(poller.poll(max(int(timeout * 1000), 0)))
+    r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], timeout)
+    return bool(r or w)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -199,9 +199,9 @@ def test_idle_handle_returns_false_without_a_viewer(server):
 def serve_one(server: ViewerServer, model, s: socket.socket, req: vp.RenderRequest, iteration: int = 5):
     """Single-threaded: send a request, drive handle() until the reply is out, read it."""
     s.sendall(req.encode())
-    sent = server.frames_sent
+    sent = server.replies_sent
     deadline = time.monotonic() + 10
-    while server.frames_sent == sent and time.monotonic() < deadline:
+    while server.replies_sent == sent and time.monotonic() < deadline:
         server.handle(iteration, model, None, DemoPipe(), torch.ones(3), loss=0.25)
     return vp.read_message(s, vp.TRAINER_TO_VIEWER, timeout=5)
 
@@ -347,7 +347,7 @@ def test_render_restores_training_mesh_with_autograd(server):
     with connect(server) as s:
         s.sendall(make_request(timestep=1, original_mesh=True).encode())
         deadline = time.monotonic() + 10
-        while server.frames_sent == 0 and time.monotonic() < deadline:
+        while server.replies_sent == 0 and time.monotonic() < deadline:
             server.handle(7, model, None, DemoPipe(), torch.ones(3))
         vp.read_message(s, timeout=5)
     assert model.timestep == 3
@@ -369,7 +369,7 @@ def test_mesh_overlay_and_its_absence(server, training, monkeypatch):
         with connect(srv2) as s:
             s.sendall(make_request(show_splatting=False, show_mesh=True).encode())
             deadline = time.monotonic() + 10
-            while srv2.frames_sent == 0 and time.monotonic() < deadline:
+            while srv2.replies_sent == 0 and time.monotonic() < deadline:
                 srv2.handle(1, model, None, DemoPipe(), torch.ones(3))
             header, payload = vp.read_message(s, timeout=5)
             frame = vp.decode_frame(payload, header.flags)

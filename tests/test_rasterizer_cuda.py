@@ -221,6 +221,20 @@ def test_large_and_tiny_covariances():
     compare(scene, s)
 
 
+def test_elongated_opaque_splats():
+    """Needle-like, rotated, nearly opaque splats: stresses the tile / warp-row culling margins."""
+    _require_cuda()
+    s = make_settings(128, 96, 110.0, 110.0, sh_degree=1)
+    scene = make_scene(2000, s, seed=22, log_scale=(-3.0, -2.0))
+    g = torch.Generator().manual_seed(3)
+    squash = torch.ones(2000, 3)
+    squash[torch.arange(2000), torch.randint(0, 3, (2000,), generator=g)] = 3.0
+    squash[torch.arange(2000), torch.randint(0, 3, (2000,), generator=g)] = 0.01
+    scene["scales"] = scene["scales"] * squash.cuda()
+    scene["opacities"] = torch.full_like(scene["opacities"], 0.995)
+    compare(scene, s)
+
+
 # ----------------------------------------------------------------------------------------------
 # Edge cases
 # ----------------------------------------------------------------------------------------------

@@ -52,10 +52,12 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
     __shared__ float2 s_xy[kBlock];
     __shared__ float4 s_co[kBlock];
     __shared__ float s_rgb[3][kBlock];
+    __shared__ uint32_t s_mask[kBlock];
     __shared__ int s_max_last;
 
     const int tid = threadIdx.y * kTile + threadIdx.x;
     const int lane = tid & 31;
+    const uint32_t warp_bit = 1u << (tid >> 5);
     const int px = blockIdx.x * kTile + threadIdx.x;
     const int py = blockIdx.y * kTile + threadIdx.y;
     const bool inside = px < cam.width && py < cam.height;
@@ -93,9 +95,12 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
         const int pos_load = todo - 1 - base - tid;   // position in the tile's list
         if (pos_load >= 0) {
             const int id = point_list[start + pos_load];
+            const float2 m = xy[id];
+            const float4 co = conic_opacity[id];
             s_id[tid] = id;
-            s_xy[tid] = xy[id];
-            s_co[tid] = conic_opacity[id];
+            s_xy[tid] = m;
+            s_co[tid] = co;
+            s_mask[tid] = warp_row_mask(m, co, blockIdx.y * kTile);
             s_rgb[0][tid] = rgb[3 * id];
             s_rgb[1][tid] = rgb[3 * id + 1];
             s_rgb[2][tid] = rgb[3 * id + 2];
@@ -103,6 +108,7 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
         __syncthreads();
         const int cnt = min(kBlock, todo - base);
         for (int j = 0; j < cnt; ++j) {
+            if (!(s_mask[j] & warp_bit)) continue;  // warp-uniform: no pixel of this warp is reachable
             const int pos = todo - 1 - base - j;
             bool contrib = pos < last;
             const float2 m = s_xy[j];

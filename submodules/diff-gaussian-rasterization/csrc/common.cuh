@@ -161,6 +161,30 @@ static __device__ __noinline__ bool tile_hit(int width, int height, float2 m, fl
     return q <= tau + 1e-4f * scale + 1e-3f;
 }
 
+// Exact-conservative mask of the warps of a tile block (warp w owns pixel rows 2w, 2w + 1 of the
+// tile starting at row tile_y0) that a splat can reach with alpha >= 1/255.  The reachable set is the
+// ellipse d^T Conic d <= tau (see tile_hit), whose half-height is sqrt(tau Sigma_yy) with
+// Sigma = Conic^-1; tau gets a margin 100x above the float32 rounding of the blending kernels,
+// where |terms| <= A dx^2 + C dy^2 <= 2 tau A C / det.  Warps outside the mask skip the splat
+// (a warp-uniform branch): only pairs that cannot contribute are skipped.
+__device__ __forceinline__ uint32_t warp_row_mask(float2 m, float4 co, int tile_y0) {
+    const float o = co.w;
+    if (isnan(o)) return 0xffu;
+    if (!(o > 0.0f)) return 0u;
+    const float A = co.x, B = co.y, C = co.z;
+    const float det = A * C - B * B;
+    if (!(det > 0.0f) || !(A > 0.0f) || !(C > 0.0f)) return 0xffu;
+    const float tau = fmaxf(2.0f * logf(255.0f * o), 0.0f);
+    const float tau_m = tau * (1.0f + 2e-4f * (A * C / det)) + 1e-3f;
+    const float r = sqrtf(tau_m * (A / det)) * 1.0001f + 1e-3f;
+    if (!(r < 1e7f)) return 0xffu;  // huge or NaN: no pruning
+    const float lo = fmaxf(ceilf(m.y - r) - (float)tile_y0, 0.0f);
+    const float hi = fminf(floorf(m.y + r) - (float)tile_y0, (float)(kTile - 1));
+    if (!(lo <= hi)) return 0u;
+    const int w0 = (int)lo >> 1, w1 = (int)hi >> 1;
+    return ((2u << w1) - 1u) & ~((1u << w0) - 1u);
+}
+
 // SH rows: (M, 3) floats per splat, M <= 16 used coefficients. Rows are moved with 16-byte accesses
 // when every row is 16-byte aligned (3 M divisible by 4 and an aligned base), else float by float.
 __device__ __forceinline__ bool rows_vectorisable(const float* base, int row_floats) {

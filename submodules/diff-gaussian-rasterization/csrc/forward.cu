@@ -195,8 +195,10 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
     __shared__ float2 s_xy[kBlock];
     __shared__ float4 s_co[kBlock];
     __shared__ float s_rgb[3][kBlock];
+    __shared__ uint32_t s_mask[kBlock];
 
     const int tid = threadIdx.y * kTile + threadIdx.x;
+    const uint32_t warp_bit = 1u << (tid >> 5);
     const int px = blockIdx.x * kTile + threadIdx.x;
     const int py = blockIdx.y * kTile + threadIdx.y;
     const bool inside = px < cam.width && py < cam.height;
@@ -207,23 +209,26 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
 
     bool done = !inside;
     float T = 1.0f, C0 = 0.f, C1 = 0.f, C2 = 0.f;
-    int contributor = 0, last = 0;
+    int last = 0;  // 1-based position (in the tile's list) of the last splat that contributed
 
     for (int64_t base = 0; base < todo; base += kBlock) {
         if (__syncthreads_count(done) == kBlock) break;
         const int64_t k = start + base + tid;
         if (k < end) {
             const int id = point_list[k];
-            s_xy[tid] = xy[id];
-            s_co[tid] = conic_opacity[id];
+            const float2 m = xy[id];
+            const float4 co = conic_opacity[id];
+            s_xy[tid] = m;
+            s_co[tid] = co;
             s_rgb[0][tid] = rgb[3 * id];
             s_rgb[1][tid] = rgb[3 * id + 1];
             s_rgb[2][tid] = rgb[3 * id + 2];
+            s_mask[tid] = warp_row_mask(m, co, blockIdx.y * kTile);
         }
         __syncthreads();
         const int cnt = (int)min((int64_t)kBlock, todo - base);
         for (int j = 0; j < cnt && !done; ++j) {
-            ++contributor;
+            if (!(s_mask[j] & warp_bit)) continue;  // warp-uniform: no pixel of this warp is reachable
             const float2 m = s_xy[j];
             const float4 co = s_co[j];
             const float dx = m.x - fx, dy = m.y - fy;
@@ -241,7 +246,7 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             C1 += s_rgb[1][j] * w;
             C2 += s_rgb[2][j] * w;
             T = test_T;
-            last = contributor;
+            last = (int)(base + j + 1);
         }
     }
     if (inside) {

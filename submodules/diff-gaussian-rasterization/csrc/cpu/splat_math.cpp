@@ -200,12 +200,12 @@ void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i,
     dm[c] = 2.f * (gs00 * msig[c] + gs01 * msig[3 + c]);
     dm[3 + c] = 2.f * (gs01 * msig[c] + gs11 * msig[3 + c]);
   }
-  // m = J Rv: dJ = dm Rv^T, with Rv[r][c] = view[c][r] -> (Rv^T)[c][k] = view[c][k]
+  // m = J Rv: dJ = dm Rv^T, with Rv[k][c] = view[c][k]: dJ[r][k] = sum_c dm[r][c] view[c][k]
   float dj[6];
   for (int r = 0; r < 2; ++r)
     for (int k = 0; k < 3; ++k)
-      dj[r * 3 + k] = dm[r * 3 + 0] * cam.view[k * 4 + 0] + dm[r * 3 + 1] * cam.view[k * 4 + 1] +
-                      dm[r * 3 + 2] * cam.view[k * 4 + 2];
+      dj[r * 3 + k] = dm[r * 3 + 0] * cam.view[0 * 4 + k] + dm[r * 3 + 1] * cam.view[1 * 4 + k] +
+                      dm[r * 3 + 2] * cam.view[2 * 4 + k];
   {
     const float tz = p.t[2];
     const float inv_z = 1.f / tz;
