@@ -258,6 +258,40 @@ def test_link_waits_connects_and_reconnects_after_trainer_restart():
     assert not link.is_alive()
 
 
+def test_link_shows_the_trainers_error_text_and_retries():
+    """A trainer of another protocol version answers with an ERROR (version 9 header): the
+    viewer shows its text and keeps retrying."""
+    import remote_viewer
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted = []
+
+    def fake_trainer():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            vp.read_message(conn, timeout=10)
+            payload = b'{"error": "protocol version 1 is not supported (this side speaks version 9)"}'
+            conn.sendall(vp.pack_header(vp.MsgType.ERROR, len(payload), version=9) + payload)
+            conn.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=fake_trainer, daemon=True)
+    t.start()
+    link = remote_viewer.ViewerLink("127.0.0.1", port, lambda: vp.RenderRequest(), io_timeout=5.0)
+    link.start()
+    try:
+        assert _wait(lambda: "this side speaks version 9" in link.snapshot().message, 10)
+        assert not link.snapshot().connected
+        t.join(10)
+        assert len(accepted) == 2                        # it came back after the error
+    finally:
+        link.stop()
+        listener.close()
+        for c in accepted:
+            c.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # the window (needs a display)
 

@@ -125,6 +125,25 @@ inline bool can_reach(const float* geom, float reach, float x0, float x1, float 
   return !(v > reach);
 }
 
+// Squared pixel distance from the mean beyond which alpha < 1/255 (a slightly widened
+// 2 reach lam); NaN or negative when the splat reaches no pixel.
+inline float reach_d2(const float* geom, float reach) { return 2.f * reach * geom[8] * 1.0001f + 1e-4f; }
+
+// Columns [c0, c1] of a tile row (pixel y = py) that the splat may reach; false when none.  The
+// span is widened by one pixel on each side, so it only drops pixels that fail alpha >= 1/255.
+inline bool row_span(const float* geom, float d2, float py, int x0, int w, int& c0, int& c1) {
+  const float dy = py - geom[1];
+  const float rem = d2 - dy * dy;
+  if (!(rem >= 0.f)) return false;
+  const float half = std::sqrt(rem);
+  const float lo = std::floor(geom[0] - half) - static_cast<float>(x0) - 1.f;
+  const float hi = std::ceil(geom[0] + half) - static_cast<float>(x0) + 1.f;
+  if (!(lo <= static_cast<float>(w - 1)) || !(hi >= 0.f)) return false;
+  c0 = lo > 0.f ? static_cast<int>(lo) : 0;
+  c1 = hi < static_cast<float>(w - 1) ? static_cast<int>(hi) : w - 1;
+  return c0 <= c1;
+}
+
 struct TileBox {
   int x0, y0, w, h;
 };
@@ -164,13 +183,15 @@ void blend_tile(const Camera& cam, int64_t tile, const int32_t* ids, int64_t beg
     const float ha = -0.5f * g[2], nb = -g[3], hc = -0.5f * g[4];
     const float cr = g[5], cg = g[6], cb = g[7];
     const int32_t rank = static_cast<int32_t>(j - begin) + 1;
+    const float d2 = reach_d2(g, reach);
     for (int r = 0; r < box.h; ++r) {
       const float py = static_cast<float>(box.y0 + r);
-      if (!can_reach(g, reach, fx0, fx1, py, py)) continue;
+      int c0, c1;
+      if (!row_span(g, d2, py, box.x0, box.w, c0, c1)) continue;
       const float dy = py - my;
       const float qy = hc * dy * dy;
       const float by = nb * dy;
-      for (int c = 0; c < box.w; ++c) {
+      for (int c = c0; c <= c1; ++c) {
         const int p = r * box.w + c;
         if (done[p]) continue;
         const float dx = static_cast<float>(box.x0 + c) - mx;
@@ -242,13 +263,15 @@ void blend_tile_backward(const Camera& cam, int64_t tile, const int32_t* ids, in
     const float ha = -0.5f * ca, nb = -cb_, hc = -0.5f * cc;
     const float col[3] = {g[5], g[6], g[7]};
     double acc[kPairGrad] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const float d2 = reach_d2(g, reach);
     for (int r = 0; r < box.h; ++r) {
       const float py = static_cast<float>(box.y0 + r);
-      if (!can_reach(g, reach, fx0, fx1, py, py)) continue;
+      int c0, c1;
+      if (!row_span(g, d2, py, box.x0, box.w, c0, c1)) continue;
       const float dy = py - my;
       const float qy = hc * dy * dy;
       const float by = nb * dy;
-      for (int c = 0; c < box.w; ++c) {
+      for (int c = c0; c <= c1; ++c) {
         const int p = r * box.w + c;
         if (k >= nc[p]) continue;
         const float dx = static_cast<float>(box.x0 + c) - mx;
