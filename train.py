@@ -96,6 +96,7 @@ class RunOptions:
     quiet: bool = False
     seed: int = 0
     overwrite: bool = False
+    deterministic: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume from this checkpoint (default: None)")
     run.add_argument("--quiet", action="store_true", default=False, help="no text on stdout (default: False)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    run.add_argument("--deterministic", action="store_true", default=False,
+                     help="deterministic algorithms (torch.use_deterministic_algorithms): with --seed, reruns and "
+                          "resumed runs repeat a run exactly on CPU (default: False)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="allow a model folder that already holds a run: its point_cloud/ and chkpnt*.pth "
                           "are deleted (default: False)")
@@ -312,6 +316,7 @@ class Evaluator:
         self._lpips: Any = None
         self._lpips_checked = False
         self._gt_logged: set = set()
+        self.should_stop: Any = lambda: False  # set by the trainer: a signal aborts a long evaluation
 
     def _lpips_fn(self) -> Any:
         if not self._lpips_checked:
@@ -342,6 +347,9 @@ class Evaluator:
                 continue
             sums = torch.zeros(4, dtype=torch.float64, device=self.device)
             for idx, cam in enumerate(cams):
+                if self.should_stop():
+                    self.log.info(f"[ITER {iteration}] evaluation interrupted")
+                    return results
                 if is_bound(self.gaussians) and cam.timestep is not None:
                     self.gaussians.select_mesh_by_timestep(cam.timestep)
                 image = torch.clamp(render(cam, self.gaussians, self.pipe, self.background)["render"], 0.0, 1.0)
@@ -445,10 +453,6 @@ class Trainer:
             raise TrainingError(str(exc)) from None
         except ValueError as exc:  # dataset errors (DatasetError is a ValueError) name the file
             raise TrainingError(str(exc)) from None
-        self.log.info(f"Output folder: {self.model_path}")
-        save_cfg_args(self.model_path, self._cfg_namespace(cli_args))
-        self.tb = make_tb_writer(self.model_path, self.log)
-
         self.gaussians.training_setup(opt)
         self.first_iter = 0
         self.train_cameras = self.scene.getTrainCameras()
@@ -458,6 +462,9 @@ class Trainer:
         self.camera_stack: List[int] = []
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
+        self.log.info(f"Output folder: {self.model_path}")
+        save_cfg_args(self.model_path, self._cfg_namespace(cli_args))
+        self.tb = make_tb_writer(self.model_path, self.log)
 
         bg = [1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0]
         self.background = torch.tensor(bg, dtype=torch.float32, device=self.device)
@@ -598,6 +605,10 @@ class Trainer:
                 raise NonFiniteLossError(bad, self.last_good)
 
         with StopFlag() as stop:
+            self.evaluator.should_stop = lambda: stop.requested
+            if self.first_iter >= opt.iterations:
+                self.log.warn(f"the checkpoint is at iteration {self.first_iter}, --iterations is {opt.iterations}: "
+                              "nothing to train")
             try:
                 for iteration in range(self.first_iter + 1, opt.iterations + 1):
                     if stop.requested:
@@ -668,7 +679,6 @@ class Trainer:
                 if viewer is not None and hasattr(viewer, "close"):
                     viewer.close()
 
-        self.log.info("Training complete.")
         return TrainResult(model_path=self.model_path, final_iteration=iteration, num_points=int(g.get_xyz.shape[0]),
                            metrics=self.metrics, saved_plys=self.saved_plys, checkpoints=self.checkpoints)
 
@@ -701,10 +711,33 @@ class Trainer:
         raise TrainingInterrupted(iteration, signum, ckpt, ply)
 
 
+class _DeterministicMode:
+    """Turn on deterministic algorithms for the run and restore the previous setting afterwards."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._previous = (torch.are_deterministic_algorithms_enabled(),
+                          torch.is_deterministic_algorithms_warn_only_enabled())
+        self._cudnn = torch.backends.cudnn.benchmark
+
+    def __enter__(self) -> "_DeterministicMode":
+        if self.enabled:
+            # warn_only: an op without a deterministic kernel warns instead of stopping training
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            torch.use_deterministic_algorithms(self._previous[0], warn_only=self._previous[1])
+            torch.backends.cudnn.benchmark = self._cudnn
+
+
 def training(dataset: ModelParams, opt: OptimizationParams, pipe: PipelineParams, run: RunOptions,
              cli_args: Optional[argparse.Namespace] = None) -> TrainResult:
     """Set up and run one training run (raises TrainingError / NonFiniteLossError / TrainingInterrupted)."""
-    return Trainer(dataset, opt, pipe, run, cli_args).train()
+    with _DeterministicMode(run.deterministic):
+        return Trainer(dataset, opt, pipe, run, cli_args).train()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,29 +11,18 @@ from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["render", "build_covariance_3d", "quaternion_to_matrix_wxyz"]
-
-
-def quaternion_to_matrix_wxyz(q: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices ``(N, 3, 3)`` from (not necessarily normalised) wxyz quaternions ``(N, 4)``."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+__all__ = ["render", "build_covariance_3d"]
 
 
 def build_covariance_3d(scales: torch.Tensor, rotations: torch.Tensor, scaling_modifier: float = 1.0) -> torch.Tensor:
     """Packed upper triangle ``(N, 6)`` = (xx, xy, xz, yy, yz, zz) of ``R S S^T R^T``.
 
-    ``scales`` are linear (already exponentiated) world scales, ``rotations`` wxyz quaternions;
-    this is the layout ``cov3D_precomp`` expects."""
-    m = quaternion_to_matrix_wxyz(rotations) * (scales * scaling_modifier).unsqueeze(-2)
-    cov = m @ m.transpose(-1, -2)
-    return torch.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 0, 2], cov[:, 1, 1], cov[:, 1, 2], cov[:, 2, 2]], dim=-1)
+    ``scales`` are linear (already exponentiated) world scales, ``rotations`` wxyz quaternions
+    (normalised here); this is the layout ``cov3D_precomp`` expects."""
+    from utils.general_utils import build_scaling_rotation, strip_symmetric
+
+    m = build_scaling_rotation(scales * scaling_modifier, rotations)
+    return strip_symmetric(m @ m.transpose(-1, -2))
 
 
 def _python_colors(viewpoint_camera: Any, pc: Any, means3D: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,8 @@ class Scene:
 
         if not args.source_path or not os.path.isdir(args.source_path):
             raise FileNotFoundError(f"source path is not a folder: {args.source_path!r}")
-        select = args.select_camera_id if getattr(args, "select_camera_id", -1) is not None \
-            and getattr(args, "select_camera_id", -1) >= 0 else None
+        select_id = getattr(args, "select_camera_id", -1)
+        select = int(select_id) if select_id is not None and int(select_id) >= 0 else None
         scene_info = read_scene_info(
             args.source_path, images=args.images, eval=args.eval, white_background=args.white_background,
             target_path=(args.target_path or None), select_camera_id=select, bind_to_mesh=args.bind_to_mesh,

@@ -110,6 +110,7 @@ def test_override_color_and_background():
     red = torch.zeros(model.get_xyz.shape[0], 3)
     red[:, 0] = 1.0
     img = render(cam, model, pipe(), torch.zeros(3), override_color=red)["render"]
+    img = img.detach()
     assert float(img[0].max()) > 0.3 and float(img[1:].abs().max()) == 0.0
 
 

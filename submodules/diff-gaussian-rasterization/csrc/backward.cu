@@ -107,8 +107,7 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
         }
         __syncthreads();
         const int cnt = min(kBlock, todo - base);
-        for (int j = 0; j < cnt; ++j) {
-            if (!(s_mask[j] & warp_bit)) continue;  // warp-uniform: no pixel of this warp is reachable
+        auto process = [&](int j) {
             const int pos = todo - 1 - base - j;
             bool contrib = pos < last;
             const float2 m = s_xy[j];
@@ -120,7 +119,7 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
             const float raw_alpha = co.w * G;
             const float alpha = fminf(kMaxAlpha, raw_alpha);
             contrib = contrib && alpha >= kMinAlpha;
-            if (!__any_sync(0xffffffffu, contrib)) continue;
+            if (!__any_sync(0xffffffffu, contrib)) return;
 
             float gm_x = 0.f, gm_y = 0.f, gop = 0.f, gc_x = 0.f, gc_y = 0.f, gc_z = 0.f;
             float gr = 0.f, gg = 0.f, gb = 0.f;
@@ -157,6 +156,17 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
                 atomicAdd(row + k + k / 3, s8);
             } else if (lane == 1) {
                 atomicAdd(row + 10, s_b);
+            }
+        };
+        // Each warp walks only the splats its two pixel rows can reach (warp-uniform iteration:
+        // the shuffles inside `process` see the whole warp).
+        for (int c0 = 0; c0 < cnt; c0 += 32) {
+            const int jj = c0 + lane;
+            uint32_t bits = __ballot_sync(0xffffffffu, jj < cnt && (s_mask[jj] & warp_bit));
+            while (bits) {
+                const int j = c0 + __ffs(bits) - 1;
+                bits &= bits - 1;
+                process(j);
             }
         }
     }
@@ -300,7 +310,11 @@ __global__ void preprocess_backward_kernel(Camera cam, SplatInputs in, const int
     const float* V = cam.view;
     float w0[3], w1[3], w2[3];  // rows of the view rotation W: W(j, k) = V[4k + j]
 #pragma unroll
-    for (int k = 0; k < 3; ++k) { w0[k] = __ldg(V + 4 * k); w1[k] = __ldg(V + 4 * k + 1); w2[k] = __ldg(V + 4 * k + 2); }
+    for (int k = 0; k < 3; ++k) {
+        w0[k] = __ldg(V + 4 * k);
+        w1[k] = __ldg(V + 4 * k + 1);
+        w2[k] = __ldg(V + 4 * k + 2);
+    }
     const float dJ00 = dT0[0] * w0[0] + dT0[1] * w0[1] + dT0[2] * w0[2];
     const float dJ02 = dT0[0] * w2[0] + dT0[1] * w2[1] + dT0[2] * w2[2];
     const float dJ11 = dT1[0] * w1[0] + dT1[1] * w1[1] + dT1[2] * w1[2];

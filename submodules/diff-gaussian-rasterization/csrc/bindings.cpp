@@ -26,24 +26,27 @@ void check_launch(bool debug, const char* what) {
 
 bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
 
-void check_tensor(const Tensor& t, const char* name, int64_t n, int64_t cols) {
+void check_tensor(const Tensor& t, const char* name, int64_t n, int64_t cols, const c10::Device& dev) {
     TORCH_CHECK(t.is_cuda(), "diff_gaussian_rasterization: ", name, " must be a CUDA tensor");
+    TORCH_CHECK(t.device() == dev, "diff_gaussian_rasterization: ", name, " is on ", t.device(),
+                ", means3D on ", dev);
     TORCH_CHECK(t.scalar_type() == torch::kFloat32, "diff_gaussian_rasterization: ", name, " must be float32");
     TORCH_CHECK(t.is_contiguous(), "diff_gaussian_rasterization: ", name, " must be contiguous");
     TORCH_CHECK(t.numel() == n * cols, "diff_gaussian_rasterization: ", name, " has ", t.numel(),
                 " elements, expected ", n, " x ", cols);
 }
 
-gsr::Camera make_camera(const Tensor& bg, const Tensor& view, const Tensor& proj, const Tensor& campos,
+gsr::Camera make_camera(const c10::Device& dev, const Tensor& bg, const Tensor& view, const Tensor& proj,
+                        const Tensor& campos,
                         double scale_modifier, double tanfovx, double tanfovy, int64_t H, int64_t W,
                         int64_t degree, int64_t sh_coeffs, double cx, double cy) {
     TORCH_CHECK(H > 0 && W > 0, "diff_gaussian_rasterization: image size must be positive, got ", W, "x", H);
     TORCH_CHECK(tanfovx > 0 && tanfovy > 0, "diff_gaussian_rasterization: tanfovx/tanfovy must be positive");
     TORCH_CHECK(degree >= 0 && degree <= 3, "diff_gaussian_rasterization: sh_degree must be in 0..3, got ", degree);
-    check_tensor(bg, "bg", 1, 3);
-    check_tensor(view, "viewmatrix", 1, 16);
-    check_tensor(proj, "projmatrix", 1, 16);
-    check_tensor(campos, "campos", 1, 3);
+    check_tensor(bg, "bg", 1, 3, dev);
+    check_tensor(view, "viewmatrix", 1, 16, dev);
+    check_tensor(proj, "projmatrix", 1, 16, dev);
+    check_tensor(campos, "campos", 1, 3, dev);
     gsr::Camera c;
     c.view = view.data_ptr<float>();
     c.proj = proj.data_ptr<float>();
@@ -70,13 +73,14 @@ gsr::Camera make_camera(const Tensor& bg, const Tensor& view, const Tensor& proj
 }
 
 // Validates the per-splat inputs and fills the launcher's view of them.
-gsr::SplatInputs make_inputs(const Tensor& means3D, const Tensor& colors, const Tensor& opacity,
+gsr::SplatInputs make_inputs(const c10::Device& dev, const Tensor& means3D, const Tensor& colors,
+                             const Tensor& opacity,
                              const Tensor& scales, const Tensor& rotations, const Tensor& cov3D,
                              const Tensor& sh, int64_t degree, int64_t& sh_coeffs) {
     const int64_t n = means3D.size(0);
     TORCH_CHECK(n < INT32_MAX, "diff_gaussian_rasterization: too many splats (", n, ")");
-    check_tensor(means3D, "means3D", n, 3);
-    check_tensor(opacity, "opacities", n, 1);
+    check_tensor(means3D, "means3D", n, 3, dev);
+    check_tensor(opacity, "opacities", n, 1, dev);
     gsr::SplatInputs in;
     in.n = (int)n;
     in.means = means3D.data_ptr<float>();
@@ -84,18 +88,18 @@ gsr::SplatInputs make_inputs(const Tensor& means3D, const Tensor& colors, const 
     in.cov3D = nullptr; in.scales = nullptr; in.rotations = nullptr; in.shs = nullptr; in.colors = nullptr;
     sh_coeffs = 0;
     if (present(cov3D)) {
-        check_tensor(cov3D, "cov3D_precomp", n, 6);
+        check_tensor(cov3D, "cov3D_precomp", n, 6, dev);
         in.cov3D = cov3D.data_ptr<float>();
     } else if (n > 0) {
         TORCH_CHECK(present(scales) && present(rotations),
                     "diff_gaussian_rasterization: give either cov3D_precomp or scales and rotations");
-        check_tensor(scales, "scales", n, 3);
-        check_tensor(rotations, "rotations", n, 4);
+        check_tensor(scales, "scales", n, 3, dev);
+        check_tensor(rotations, "rotations", n, 4, dev);
         in.scales = scales.data_ptr<float>();
         in.rotations = rotations.data_ptr<float>();
     }
     if (present(colors)) {
-        check_tensor(colors, "colors_precomp", n, 3);
+        check_tensor(colors, "colors_precomp", n, 3, dev);
         in.colors = colors.data_ptr<float>();
     } else if (n > 0) {
         TORCH_CHECK(present(sh), "diff_gaussian_rasterization: give either colors_precomp or shs");
@@ -103,7 +107,7 @@ gsr::SplatInputs make_inputs(const Tensor& means3D, const Tensor& colors, const 
         sh_coeffs = sh.numel() / (3 * n);
         TORCH_CHECK(sh_coeffs >= (degree + 1) * (degree + 1), "diff_gaussian_rasterization: shs holds ", sh_coeffs,
                     " coefficients per splat, sh_degree ", degree, " needs ", (degree + 1) * (degree + 1));
-        check_tensor(sh, "shs", n, 3 * sh_coeffs);
+        check_tensor(sh, "shs", n, 3 * sh_coeffs, dev);
         in.shs = sh.data_ptr<float>();
     }
     return in;
@@ -136,7 +140,7 @@ struct GeomLayout {
     size_t scan_bytes;
 };
 
-GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t& bytes) {
+GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t scan_bytes, size_t& bytes) {
     Carver c(base);
     GeomLayout g;
     g.st.xy = c.take<float2>(n);
@@ -146,7 +150,7 @@ GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t& bytes) {
     g.st.radii = radii;
     g.st.tiles_touched = c.take<int64_t>(n);
     g.offsets = c.take<int64_t>(n);
-    g.scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
+    g.scan_bytes = scan_bytes;
     g.scan_tmp = c.take<char>((int64_t)g.scan_bytes);
     bytes = c.size();
     return g;
@@ -162,14 +166,14 @@ struct BinLayout {
     size_t sort_bytes;
 };
 
-BinLayout carve_bins(void* base, int64_t pairs, int end_bit, size_t& bytes) {
+BinLayout carve_bins(void* base, int64_t pairs, size_t sort_bytes, size_t& bytes) {
     Carver c(base);
     BinLayout b;
     b.point_list = c.take<int32_t>(pairs);
     b.vals_unsorted = c.take<int32_t>(pairs);
     b.keys_unsorted = c.take<uint64_t>(pairs);
     b.keys_sorted = c.take<uint64_t>(pairs);
-    b.sort_bytes = pairs > 0 ? gsr::sort_temp_bytes(pairs, end_bit) : 0;
+    b.sort_bytes = sort_bytes;
     b.sort_tmp = c.take<char>((int64_t)b.sort_bytes);
     bytes = c.size();
     return b;
@@ -208,24 +212,28 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
-    const gsr::SplatInputs in = make_inputs(means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
-    const gsr::Camera cam = make_camera(bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx, tanfovy, H, W,
-                                        degree, sh_coeffs, cx, cy);
+    const gsr::SplatInputs in =
+        make_inputs(means3D.device(), means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
+    const gsr::Camera cam = make_camera(means3D.device(), bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx,
+                                        tanfovy, H, W, degree, sh_coeffs, cx, cy);
     const int64_t n = in.n;
     const auto& fopt = means3D.options();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
 
     Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
     size_t geom_bytes = 0;
-    carve_geom(nullptr, n, nullptr, geom_bytes);
+    const size_t scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
+    carve_geom(nullptr, n, nullptr, scan_bytes, geom_bytes);
     Tensor geom = byte_buffer(geom_bytes, fopt);
-    const GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), geom_bytes);
+    const GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), scan_bytes, geom_bytes);
     size_t image_bytes = 0;
     carve_image(nullptr, num_tiles, H * W, image_bytes);
     Tensor image = byte_buffer(image_bytes, fopt);
     const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, image_bytes);
     Tensor color = torch::empty({3, H, W}, fopt);
 
+    TORCH_CHECK(cudaMemsetAsync(im.ranges, 0, sizeof(int64_t) * 2 * num_tiles, stream) == cudaSuccess,
+                "diff_gaussian_rasterization: cudaMemsetAsync failed");
     gsr::launch_preprocess(cam, in, g.st, stream);
     check_launch(debug, "preprocess");
     int64_t num_rendered = 0;
@@ -239,14 +247,13 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
                     "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
                     cudaGetErrorString(cudaGetLastError()));
     }
-    TORCH_CHECK(cudaMemsetAsync(im.ranges, 0, sizeof(int64_t) * 2 * num_tiles, stream) == cudaSuccess,
-                "diff_gaussian_rasterization: cudaMemsetAsync failed");
 
     const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);
     size_t bin_bytes = 0;
-    carve_bins(nullptr, num_rendered, end_bit, bin_bytes);
+    const size_t sort_bytes = num_rendered > 0 ? gsr::sort_temp_bytes(num_rendered, end_bit) : 0;
+    carve_bins(nullptr, num_rendered, sort_bytes, bin_bytes);
     Tensor bins = byte_buffer(bin_bytes, fopt);
-    const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, end_bit, bin_bytes);
+    const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, sort_bytes, bin_bytes);
     if (num_rendered > 0) {
         gsr::launch_duplicate(cam, (int)n, g.st, g.offsets, b.keys_unsorted, b.vals_unsorted, stream);
         check_launch(debug, "key duplication");
@@ -274,17 +281,20 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
-    const gsr::SplatInputs in = make_inputs(means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
-    TORCH_CHECK(dL_dout.dim() == 3 && dL_dout.size(0) == 3, "diff_gaussian_rasterization: image gradient must be (3, H, W)");
+    const gsr::SplatInputs in =
+        make_inputs(means3D.device(), means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
+    TORCH_CHECK(dL_dout.dim() == 3 && dL_dout.size(0) == 3,
+                "diff_gaussian_rasterization: image gradient must be (3, H, W)");
     const int64_t H = dL_dout.size(1), W = dL_dout.size(2);
-    const gsr::Camera cam = make_camera(bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx, tanfovy, H, W,
-                                        degree, sh_coeffs, cx, cy);
+    const gsr::Camera cam = make_camera(means3D.device(), bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx,
+                                        tanfovy, H, W, degree, sh_coeffs, cx, cy);
     const int64_t n = in.n;
     const auto& fopt = means3D.options();
     const Tensor grad = dL_dout.contiguous();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
     size_t bytes = 0;
-    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), bytes);
+    const size_t scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
+    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), scan_bytes, bytes);
     TORCH_CHECK(bytes == (size_t)geom.numel(), "diff_gaussian_rasterization: forward state does not match the inputs");
     const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, bytes);
     TORCH_CHECK(bytes == (size_t)image.numel(), "diff_gaussian_rasterization: forward state does not match the image");

@@ -59,7 +59,7 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
     // Tiles of the rectangle where the splat can contribute at all (see tile_hit).
     int64_t touched = 0;
     for (int ty = rmin.y; ty < rmax.y; ++ty)
-        for (int tx = rmin.x; tx < rmax.x; ++tx) touched += tile_hit(cam.width, cam.height, xy, conic_op, tx, ty) ? 1 : 0;
+        for (int tx = rmin.x; tx < rmax.x; ++tx) touched += tile_hit(cam.width, cam.height, xy, conic_op, tx, ty);
 
     float rgb[3];
     if (in.colors != nullptr) {
@@ -199,6 +199,7 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
 
     const int tid = threadIdx.y * kTile + threadIdx.x;
     const uint32_t warp_bit = 1u << (tid >> 5);
+    const int lane = tid & 31;
     const int px = blockIdx.x * kTile + threadIdx.x;
     const int py = blockIdx.y * kTile + threadIdx.y;
     const bool inside = px < cam.width && py < cam.height;
@@ -227,19 +228,18 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
         }
         __syncthreads();
         const int cnt = (int)min((int64_t)kBlock, todo - base);
-        for (int j = 0; j < cnt && !done; ++j) {
-            if (!(s_mask[j] & warp_bit)) continue;  // warp-uniform: no pixel of this warp is reachable
+        auto blend_one = [&](int j) {
             const float2 m = s_xy[j];
             const float4 co = s_co[j];
             const float dx = m.x - fx, dy = m.y - fy;
             const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
-            if (power > 0.0f) continue;
+            if (power > 0.0f) return;
             const float alpha = fminf(kMaxAlpha, co.w * __expf(power));
-            if (alpha < kMinAlpha) continue;
+            if (alpha < kMinAlpha) return;
             const float test_T = T * (1.0f - alpha);
             if (test_T < kMinT) {
                 done = true;
-                continue;
+                return;
             }
             const float w = alpha * T;
             C0 += s_rgb[0][j] * w;
@@ -247,6 +247,18 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             C2 += s_rgb[2][j] * w;
             T = test_T;
             last = (int)(base + j + 1);
+        };
+        // Each warp walks only the splats its two pixel rows can reach: a ballot over 32 staged
+        // splats at a time, then their set bits in order (front to back is preserved).
+        for (int c0 = 0; c0 < cnt; c0 += 32) {
+            if (__all_sync(0xffffffffu, done)) break;
+            const int jj = c0 + lane;
+            uint32_t bits = __ballot_sync(0xffffffffu, jj < cnt && (s_mask[jj] & warp_bit));
+            while (bits) {
+                const int j = c0 + __ffs(bits) - 1;
+                bits &= bits - 1;
+                if (!done) blend_one(j);
+            }
         }
     }
     if (inside) {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -25,10 +25,20 @@ from .reference import frustum_limits
 __all__ = ["rasterize_gaussians_cpu", "cpu_available", "load_cpu_module"]
 
 
+_LOADED: Dict[str, ModuleType] = {}
+
+
 def load_cpu_module() -> ModuleType:
-    """The compiled module ``diff_gaussian_rasterization._cpu`` (``ImportError`` when not built)."""
-    # importlib also finds a development build registered in sys.modules (csrc/cpu/build_dev.py)
-    return importlib.import_module(f"{__package__}._cpu")
+    """The compiled module ``diff_gaussian_rasterization._cpu`` (``ImportError`` when not built).
+
+    A successful import is remembered (failures are retried: a development build may be
+    registered later in ``sys.modules`` by ``csrc/cpu/build_dev.py``).
+    """
+    module = _LOADED.get("_cpu")
+    if module is None:
+        module = importlib.import_module(f"{__package__}._cpu")
+        _LOADED["_cpu"] = module
+    return module
 
 
 def cpu_available() -> bool:

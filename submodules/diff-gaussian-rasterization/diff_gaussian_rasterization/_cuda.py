@@ -19,13 +19,12 @@ from . import _C
 __all__ = ["rasterize_gaussians_cuda"]
 
 
-def _f32(t: Optional[Tensor], device: torch.device) -> Tensor:
-    """Contiguous float32 CUDA tensor, or an empty one for absent inputs."""
+def _f32(t: Optional[Tensor], empty: Tensor) -> Tensor:
+    """Contiguous float32 tensor (``empty`` for absent inputs); the extension checks devices."""
     if t is None:
-        return torch.empty(0, device=device, dtype=torch.float32)
-    t = t.detach()
-    if t.dtype is not torch.float32 or t.device != device:
-        t = t.to(device=device, dtype=torch.float32)
+        return empty
+    if t.dtype is not torch.float32 or not t.is_cuda:
+        t = t.detach().to(device=empty.device, dtype=torch.float32)
     return t if t.is_contiguous() else t.contiguous()
 
 
@@ -46,15 +45,15 @@ class _RasterizeGaussians(torch.autograd.Function):
     def forward(ctx: Any, means3D: Tensor, means2D: Tensor, sh: Tensor, colors_precomp: Tensor,
                 opacities: Tensor, scales: Tensor, rotations: Tensor, cov3Ds_precomp: Tensor,
                 settings: Any, shapes: Tuple[Any, ...]) -> Tuple[Tensor, Tensor]:
-        dev = means3D.device
-        m3 = _f32(means3D, dev)
-        bg = _f32(settings.bg, dev).reshape(3)
-        view = _f32(settings.viewmatrix, dev)
-        proj = _f32(settings.projmatrix, dev)
-        campos = _f32(settings.campos, dev)
-        opac = _f32(opacities, dev).reshape(-1, 1)
-        tensors = [_f32(t, dev) for t in (colors_precomp, scales, rotations, cov3Ds_precomp, sh)]
-        colors, sc, rot, cov, shs = tensors
+        empty = means3D.new_empty(0, dtype=torch.float32)
+        m3 = _f32(means3D, empty)
+        bg = _f32(settings.bg, empty)
+        view = _f32(settings.viewmatrix, empty)
+        proj = _f32(settings.projmatrix, empty)
+        campos = _f32(settings.campos, empty)
+        opac = _f32(opacities, empty)
+        colors, sc, rot, cov, shs = (_f32(t, empty) if t.numel() else empty
+                                     for t in (colors_precomp, scales, rotations, cov3Ds_precomp, sh))
         args = (bg, m3, colors, opac, sc, rot, float(settings.scale_modifier), cov, view, proj,
                 float(settings.tanfovx), float(settings.tanfovy), int(settings.image_height),
                 int(settings.image_width), shs, int(settings.sh_degree), campos, bool(settings.debug),
