@@ -14,6 +14,12 @@ optimizer, densification statistics, SH degree, random generators, camera order)
 
 Exit codes: 0 done, 1 bad input / settings, 3 non-finite loss, 128 + signal number when stopped
 by a signal (after saving).
+
+Differences from the original loop (on purpose): the optimizer also steps at the last iteration,
+and PLYs / checkpoints of iteration N hold the state *after* N steps, so a run stopped at N and
+resumed matches an uninterrupted run; ``--port 0`` disables the viewer link; ``--deterministic``
+makes CPU runs repeat bit for bit (with ``--seed``); ``--test_iterations 0`` evaluates the
+untrained model.
 """
 from __future__ import annotations
 
@@ -265,11 +271,13 @@ def is_bound(gaussians: Any) -> bool:
 def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, opt: OptimizationParams,
                    visibility_filter: torch.Tensor, timestep: Optional[int]) -> Dict[str, torch.Tensor]:
     """Image loss (1-λ) L1 + λ (1-SSIM) plus the regularisers of mesh-bound models (SPEC 5)."""
-    from utils.loss_utils import l1_loss, ssim
+    from utils import loss_utils
 
+    # fused CUDA SSIM for CUDA images (same value), the PyTorch SSIM elsewhere
+    ssim_fn = getattr(loss_utils, "fast_ssim", loss_utils.ssim)
     losses: Dict[str, torch.Tensor] = {
-        "l1": l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim),
-        "ssim": (1.0 - ssim(image, gt_image)) * opt.lambda_dssim,
+        "l1": loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim),
+        "ssim": (1.0 - ssim_fn(image, gt_image)) * opt.lambda_dssim,
     }
     if is_bound(gaussians):
         vis = visibility_filter
@@ -763,6 +771,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # before the training loop installed its handler: nothing to save yet
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        return 128 + signal.SIGINT
     if not run.quiet:
         print(f"\nTraining complete: {result.model_path} ({result.num_points} splats)")
     return 0

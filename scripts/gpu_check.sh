@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What one GPU-machine call runs: build the CUDA extensions of both submodules in place, run the
+# What one GPU-machine call runs: build the CUDA extensions of the submodules in place, run the
 # CUDA tests and the rasterizer / kNN benchmarks.  Logs go to $OUT (or /tmp/gpu_check).
 #   bash scripts/gpu_check.sh                 # build + all `-m cuda` tests + benchmarks
 #   bash scripts/gpu_check.sh TESTS...        # build + only these test files + benchmarks
@@ -24,7 +24,8 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOG/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG/gpu.txt"
 
-for d in submodules/diff-gaussian-rasterization submodules/simple-knn; do
+for d in submodules/diff-gaussian-rasterization submodules/simple-knn submodules/fused-ssim; do
+  [ -f "$d/setup.py" ] || continue
   name=$(basename "$d")
   t0=$(date +%s)
   if ! (cd "$d" && "$PY" setup.py -q build_ext --inplace) >"$LOG/build_$name.log" 2>&1; then
@@ -33,7 +34,7 @@ for d in submodules/diff-gaussian-rasterization submodules/simple-knn; do
   fi
   echo "[gpu_check] built $name in $(( $(date +%s) - t0 )) s"
 done
-export PYTHONPATH=$ROOT/submodules/diff-gaussian-rasterization:$ROOT/submodules/simple-knn:$ROOT:${PYTHONPATH:-}
+export PYTHONPATH=$ROOT/submodules/diff-gaussian-rasterization:$ROOT/submodules/simple-knn:$ROOT/submodules/fused-ssim:$ROOT:${PYTHONPATH:-}
 
 status=0
 if [ "${GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
