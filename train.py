@@ -120,6 +120,7 @@ class TrainResult:
     metrics: Dict[int, Dict[str, Dict[str, float]]]  # iteration -> split -> {"l1","psnr","ssim"[,"lpips"]}
     saved_plys: List[str]
     checkpoints: List[str]
+    stage_ms: Dict[str, float] = field(default_factory=dict)  # mean ms per stage when Trainer.timer is enabled
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,6 +481,9 @@ class Trainer:
         self.saved_plys: List[str] = []
         self.checkpoints: List[str] = []
         self.metrics: Dict[int, Dict[str, Dict[str, float]]] = {}
+        from utils.timing import StageTimer
+
+        self.timer = StageTimer(enabled=False, device=self.device)  # benchmarks enable it before train()
         self.last_good: Optional[str] = None
         if os.path.isfile(os.path.join(self.model_path, LAST_GOOD_CHECKPOINT)):
             self.last_good = os.path.join(self.model_path, LAST_GOOD_CHECKPOINT)
@@ -626,23 +630,28 @@ class Trainer:
                             if stop.requested:
                                 self._stop_on_signal(iteration - 1, stop.signum, sync_check)
 
+                    timer = self.timer
                     g.update_learning_rate(iteration)
                     if iteration % 1000 == 0:
                         g.oneupSHdegree()
-                    cam = self.next_camera()
-                    if is_bound(g):
-                        g.select_mesh_by_timestep(cam.timestep)
+                    with timer("camera_mesh"):
+                        cam = self.next_camera()
+                        if is_bound(g):
+                            g.select_mesh_by_timestep(cam.timestep)
                     if iteration - 1 == run.debug_from:
                         self.pipe.debug = True
 
                     bg = torch.rand(3, device=self.device) if opt.random_background else self.background
-                    render_pkg = render(cam, g, self.pipe, bg)
+                    with timer("render"):
+                        render_pkg = render(cam, g, self.pipe, bg)
                     image = render_pkg["render"]
-                    gt = cam.original_image.to(self.device)
-                    if opt.random_background:
-                        gt = self._recomposite(cam, gt, bg)
-                    losses = compute_losses(image, gt, g, opt, render_pkg["visibility_filter"], cam.timestep)
-                    losses["total"].backward()
+                    with timer("loss"):
+                        gt = cam.original_image.to(self.device)
+                        if opt.random_background:
+                            gt = self._recomposite(cam, gt, bg)
+                        losses = compute_losses(image, gt, g, opt, render_pkg["visibility_filter"], cam.timestep)
+                    with timer("backward"):
+                        losses["total"].backward()
 
                     with torch.no_grad():
                         total = losses["total"].detach()
@@ -652,9 +661,11 @@ class Trainer:
                             acc[key] = acc[key] + value.detach() if key in acc else value.detach().clone()
                         n_acc += 1
 
-                        self.densify(iteration, render_pkg)
-                        g.optimizer.step()
-                        g.optimizer.zero_grad(set_to_none=True)
+                        with timer("densify"):
+                            self.densify(iteration, render_pkg)
+                        with timer("step"):
+                            g.optimizer.step()
+                            g.optimizer.zero_grad(set_to_none=True)
 
                         if iteration % LOG_EVERY == 0 or iteration == opt.iterations:
                             sync_check(iteration)
@@ -688,7 +699,8 @@ class Trainer:
                     viewer.close()
 
         return TrainResult(model_path=self.model_path, final_iteration=iteration, num_points=int(g.get_xyz.shape[0]),
-                           metrics=self.metrics, saved_plys=self.saved_plys, checkpoints=self.checkpoints)
+                           metrics=self.metrics, saved_plys=self.saved_plys, checkpoints=self.checkpoints,
+                           stage_ms=self.timer.summary_ms() if self.timer.enabled else {})
 
     def _recomposite(self, cam: Any, gt: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """Put the ground truth on the random background ``bg`` using the image's alpha."""

@@ -502,3 +502,15 @@ def test_lpips_needs_local_weights(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)).write_bytes(b"x")
     assert train.lpips_weights_available() is True
+
+
+def test_stage_timer_reports_every_stage(blender, tmp_path):
+    from utils.timing import StageTimer
+
+    args = train.build_parser().parse_args(blender_argv(blender, str(tmp_path / "m"), 4))
+    trainer = train.Trainer(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
+                            train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
+    trainer.timer = StageTimer(enabled=True, device=trainer.device)
+    result = trainer.train()
+    assert set(result.stage_ms) == {"camera_mesh", "render", "loss", "backward", "densify", "step"}
+    assert all(v >= 0 for v in result.stage_ms.values())

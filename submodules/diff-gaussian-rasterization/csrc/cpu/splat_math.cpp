@@ -21,9 +21,11 @@ void quat_to_rot(const float* q, float* r) {
 }
 
 // dL/dq (unnormalised w, x, y, z) from dL/dR for R of the normalised quaternion qn.
-void quat_to_rot_backward(const float* qn, float qnorm, const float* g, float* dq) {
-  const float w = qn[0], x = qn[1], y = qn[2], z = qn[3];
-  float dn[4];
+void quat_to_rot_backward(const float* qn_f, float qnorm_f, const double* g, float* dq) {
+  const double qn[4] = {qn_f[0], qn_f[1], qn_f[2], qn_f[3]};
+  const double qnorm = qnorm_f;
+  const double w = qn[0], x = qn[1], y = qn[2], z = qn[3];
+  double dn[4];
   dn[0] = 2.f * (-z * g[1] + y * g[2] + z * g[3] - x * g[5] - y * g[6] + x * g[7]);
   dn[1] = 2.f * (y * g[1] + z * g[2] + y * g[3] - 2.f * x * g[4] - w * g[5] + z * g[6] + w * g[7] -
                  2.f * x * g[8]);
@@ -31,17 +33,17 @@ void quat_to_rot_backward(const float* qn, float qnorm, const float* g, float* d
                  2.f * y * g[8]);
   dn[3] = 2.f * (-2.f * z * g[0] - w * g[1] + x * g[2] + w * g[3] - 2.f * z * g[4] + y * g[5] +
                  x * g[6] + y * g[7]);
-  if (qnorm >= kQuatEps) {
+  if (qnorm_f >= kQuatEps) {
     // qn = q / |q|: dq = (dn - qn (qn . dn)) / |q|
-    const float proj = qn[0] * dn[0] + qn[1] * dn[1] + qn[2] * dn[2] + qn[3] * dn[3];
-    for (int k = 0; k < 4; ++k) dq[k] = (dn[k] - qn[k] * proj) / qnorm;
+    const double proj = qn[0] * dn[0] + qn[1] * dn[1] + qn[2] * dn[2] + qn[3] * dn[3];
+    for (int k = 0; k < 4; ++k) dq[k] = static_cast<float>((dn[k] - qn[k] * proj) / qnorm);
   } else {
-    for (int k = 0; k < 4; ++k) dq[k] = dn[k] / kQuatEps;
+    for (int k = 0; k < 4; ++k) dq[k] = static_cast<float>(dn[k] / static_cast<double>(kQuatEps));
   }
 }
 
 // (a b c)^T style 3x3 helpers, row-major
-inline void matmul33(const float* a, const float* b, float* out) {
+inline void matmul33(const double* a, const double* b, double* out) {
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 3; ++j)
       out[i * 3 + j] = a[i * 3 + 0] * b[0 * 3 + j] + a[i * 3 + 1] * b[1 * 3 + j] + a[i * 3 + 2] * b[2 * 3 + j];
@@ -159,58 +161,60 @@ void project_splat(const Camera& cam, const SplatInputs& in, int64_t i, Projecte
 void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i, const Projected& p,
                             const float* d_xy, const float* d_conic, const float* d_color,
                             const SplatGrads& g) {
-  float dmean[3] = {0.f, 0.f, 0.f};
+  double dmean[3] = {0.f, 0.f, 0.f};
 
   // Pixel mean -> ndc -> homogeneous -> means3D.  means2D gets dL/d ndc.
-  const float dndc_x = d_xy[0] * (0.5f * static_cast<float>(cam.width));
-  const float dndc_y = d_xy[1] * (0.5f * static_cast<float>(cam.height));
+  const double dndc_x = d_xy[0] * (0.5f * static_cast<float>(cam.width));
+  const double dndc_y = d_xy[1] * (0.5f * static_cast<float>(cam.height));
   if (g.means2D) {
     g.means2D[2 * i + 0] = dndc_x;
     g.means2D[2 * i + 1] = dndc_y;
   }
   {
-    const float iw = p.inv_w;
-    const float dh[4] = {dndc_x * iw, dndc_y * iw, 0.f, -(dndc_x * p.hom[0] + dndc_y * p.hom[1]) * iw * iw};
+    const double iw = p.inv_w;
+    const double dh[4] = {dndc_x * iw, dndc_y * iw, 0.f, -(dndc_x * p.hom[0] + dndc_y * p.hom[1]) * iw * iw};
     for (int r = 0; r < 3; ++r)
       dmean[r] += cam.proj[r * 4 + 0] * dh[0] + cam.proj[r * 4 + 1] * dh[1] + cam.proj[r * 4 + 3] * dh[3];
   }
 
   // Conic -> dilated cov2D entries (a, b, c).
-  const float A = p.a, B = p.b, C = p.c;
-  const float inv_det2 = 1.f / (p.det * p.det);
-  const float g0 = d_conic[0], g1 = d_conic[1], g2 = d_conic[2];
-  const float dA = (-C * C * g0 + B * C * g1 - B * B * g2) * inv_det2;
-  const float dB = (2.f * B * C * g0 - (A * C + B * B) * g1 + 2.f * A * B * g2) * inv_det2;
-  const float dC = (-B * B * g0 + A * B * g1 - A * A * g2) * inv_det2;
+  const double A = p.a, B = p.b, C = p.c;
+  const double det = A * C - B * B;  // = p.det up to float rounding; recomputed in double
+  const double inv_det2 = 1.0 / (det * det);
+  const double g0 = d_conic[0], g1 = d_conic[1], g2 = d_conic[2];
+  const double dA = (-C * C * g0 + B * C * g1 - B * B * g2) * inv_det2;
+  const double dB = (2.f * B * C * g0 - (A * C + B * B) * g1 + 2.f * A * B * g2) * inv_det2;
+  const double dC = (-B * B * g0 + A * B * g1 - A * A * g2) * inv_det2;
   // Gradient w.r.t. cov2D as a full 2x2 matrix G2 = [[dA, dB], [0, dC]] (entry 10 unused).
   // dL/dSigma (symmetrised) = m^T Gs m with Gs = [[dA, dB/2], [dB/2, dC]];
   // dL/dm = (G2 + G2^T) m Sigma = 2 Gs m Sigma.
-  const float gs00 = dA, gs01 = 0.5f * dB, gs11 = dC;
-  const float* m = p.m;
-  float dsig[9];
+  const double gs00 = dA, gs01 = 0.5f * dB, gs11 = dC;
+  double m[6];
+  for (int k = 0; k < 6; ++k) m[k] = p.m[k];
+  double dsig[9];
   for (int r = 0; r < 3; ++r)
     for (int c = 0; c < 3; ++c)
       dsig[r * 3 + c] = m[r] * (gs00 * m[c] + gs01 * m[3 + c]) + m[3 + r] * (gs01 * m[c] + gs11 * m[3 + c]);
-  float msig[6];
+  double msig[6];
   for (int r = 0; r < 2; ++r)
     for (int c = 0; c < 3; ++c)
       msig[r * 3 + c] = m[r * 3 + 0] * p.sigma[c] + m[r * 3 + 1] * p.sigma[3 + c] + m[r * 3 + 2] * p.sigma[6 + c];
-  float dm[6];
+  double dm[6];
   for (int c = 0; c < 3; ++c) {
     dm[c] = 2.f * (gs00 * msig[c] + gs01 * msig[3 + c]);
     dm[3 + c] = 2.f * (gs01 * msig[c] + gs11 * msig[3 + c]);
   }
   // m = J Rv: dJ = dm Rv^T, with Rv[k][c] = view[c][k]: dJ[r][k] = sum_c dm[r][c] view[c][k]
-  float dj[6];
+  double dj[6];
   for (int r = 0; r < 2; ++r)
     for (int k = 0; k < 3; ++k)
       dj[r * 3 + k] = dm[r * 3 + 0] * cam.view[0 * 4 + k] + dm[r * 3 + 1] * cam.view[1 * 4 + k] +
                       dm[r * 3 + 2] * cam.view[2 * 4 + k];
   {
-    const float tz = p.t[2];
-    const float inv_z = 1.f / tz;
-    const float inv_z2 = inv_z * inv_z, inv_z3 = inv_z2 * inv_z;
-    float dt[3];
+    const double tz = p.t[2];
+    const double inv_z = 1.f / tz;
+    const double inv_z2 = inv_z * inv_z, inv_z3 = inv_z2 * inv_z;
+    double dt[3];
     dt[0] = p.clamp_x ? 0.f : dj[2] * (-cam.fx * inv_z2);
     dt[1] = p.clamp_y ? 0.f : dj[5] * (-cam.fy * inv_z2);
     dt[2] = dj[0] * (-cam.fx * inv_z2) + dj[2] * (2.f * cam.fx * p.tx_c * inv_z3) + dj[4] * (-cam.fy * inv_z2) +
@@ -233,7 +237,7 @@ void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i,
     }
   } else {
     // Sigma = M M^T, M = R diag(s): dM = 2 dSigma M
-    float mm[9], dmm[9];
+    double mm[9], dmm[9];
     for (int r = 0; r < 3; ++r)
       for (int c = 0; c < 3; ++c) mm[r * 3 + c] = p.rot[r * 3 + c] * p.scale[c];
     matmul33(dsig, mm, dmm);
@@ -244,7 +248,7 @@ void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i,
                               cam.scale_modifier;
     }
     if (g.rotations) {
-      float drot[9];
+      double drot[9];
       for (int r = 0; r < 3; ++r)
         for (int c = 0; c < 3; ++c) drot[r * 3 + c] = dmm[r * 3 + c] * p.scale[c];
       quat_to_rot_backward(p.qn, p.qnorm, drot, g.rotations + 4 * i);
@@ -256,7 +260,7 @@ void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i,
     if (g.colors)
       for (int k = 0; k < 3; ++k) g.colors[3 * i + k] = d_color[k];
   } else {
-    float dc[3];
+    double dc[3];
     for (int k = 0; k < 3; ++k) dc[k] = p.color_clamped[k] ? 0.f : d_color[k];
     float basis[16];
     sh_basis(p.dir, cam.sh_degree, basis);
@@ -270,14 +274,14 @@ void project_splat_backward(const Camera& cam, const SplatInputs& in, int64_t i,
       float gx[16], gy[16], gz[16];
       sh_basis_grad(p.dir, cam.sh_degree, gx, gy, gz);
       const float* sh = in.sh + static_cast<int64_t>(in.sh_k) * 3 * i;
-      float ddir[3] = {0.f, 0.f, 0.f};
+      double ddir[3] = {0.f, 0.f, 0.f};
       for (int k = 1; k < count; ++k) {
-        const float s = sh[k * 3 + 0] * dc[0] + sh[k * 3 + 1] * dc[1] + sh[k * 3 + 2] * dc[2];
+        const double s = sh[k * 3 + 0] * dc[0] + sh[k * 3 + 1] * dc[1] + sh[k * 3 + 2] * dc[2];
         ddir[0] += gx[k] * s;
         ddir[1] += gy[k] * s;
         ddir[2] += gz[k] * s;
       }
-      const float proj = ddir[0] * p.dir[0] + ddir[1] * p.dir[1] + ddir[2] * p.dir[2];
+      const double proj = ddir[0] * p.dir[0] + ddir[1] * p.dir[1] + ddir[2] * p.dir[2];
       for (int k = 0; k < 3; ++k) dmean[k] += (ddir[k] - p.dir[k] * proj) / p.dir_len;
     }
   }
