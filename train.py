@@ -269,6 +269,15 @@ def is_bound(gaussians: Any) -> bool:
 # Losses
 # ------------------------------------------------------------------------------------------
 
+def gt_image_on(cam: Any, device: torch.device) -> torch.Tensor:
+    """The camera's ground truth as float (3,H,W) on ``device``: the cached uint8 image is moved
+    first (a quarter of the bytes) and converted there."""
+    img = cam.image_uint8
+    if img.device != device:
+        img = img.to(device, non_blocking=True)
+    return img.float().div_(255.0)
+
+
 def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, opt: OptimizationParams,
                    visibility_filter: torch.Tensor, timestep: Optional[int]) -> Dict[str, torch.Tensor]:
     """Image loss (1-λ) L1 + λ (1-SSIM) plus the regularisers of mesh-bound models (SPEC 5)."""
@@ -362,7 +371,7 @@ class Evaluator:
                 if is_bound(self.gaussians) and cam.timestep is not None:
                     self.gaussians.select_mesh_by_timestep(cam.timestep)
                 image = torch.clamp(render(cam, self.gaussians, self.pipe, self.background)["render"], 0.0, 1.0)
-                gt = cam.original_image.to(self.device)
+                gt = gt_image_on(cam, self.device)
                 if self.tb is not None and idx < NUM_VIS_IMAGES:
                     tag = f"{name}_view_{cam.image_name}".replace("/", "_")
                     self.tb.add_images(tag + "/render", image[None], global_step=iteration)
@@ -497,6 +506,11 @@ class Trainer:
         merged.update(self.pipe.to_dict())
         merged.update(self.opt.to_dict())
         merged.update(asdict(self.run))
+        # Record the FLAME files actually used (e.g. from $FLAME_MODEL_PATH) so that render.py and
+        # the viewers find them again without the environment.
+        for key, env in (("flame_model_path", "FLAME_MODEL_PATH"), ("flame_masks_path", "FLAME_MASKS_PATH")):
+            if not merged.get(key) and os.environ.get(env):
+                merged[key] = os.path.abspath(os.environ[env])
         return argparse.Namespace(**merged)
 
     def _restore(self, ckpt: TrainingCheckpoint) -> None:
@@ -646,7 +660,7 @@ class Trainer:
                         render_pkg = render(cam, g, self.pipe, bg)
                     image = render_pkg["render"]
                     with timer("loss"):
-                        gt = cam.original_image.to(self.device)
+                        gt = gt_image_on(cam, self.device)
                         if opt.random_background:
                             gt = self._recomposite(cam, gt, bg)
                         losses = compute_losses(image, gt, g, opt, render_pkg["visibility_filter"], cam.timestep)

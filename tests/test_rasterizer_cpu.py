@@ -169,7 +169,7 @@ def test_scene_features_are_exercised():
     module = _cpu_backend.load_cpu_module()
     inputs = [_cpu_backend._f32(t) for t in (scene["means3D"], scene["opacities"], scene["shs"], None,
                                               scene["scales"], scene["rotations"], None)]
-    img, radii, geom, offsets, ids, final_t, n_contrib = module.rasterize_forward(
+    img, radii, geom, offsets, ids, final_t, n_contrib, _projected = module.rasterize_forward(
         *inputs, *_cpu_backend._camera_args(settings))
     assert bool((radii == 0).any()) and bool((radii > 0).any())
     assert float(final_t.min()) < 1e-3            # stopped pixels (T just above 1e-4)

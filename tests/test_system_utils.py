@@ -34,3 +34,14 @@ def test_iterations(tmp_path):
     assert searchForMaxIteration(str(tmp_path)) == 30000
     with pytest.raises(FileNotFoundError, match="iteration_N"):
         searchForMaxIteration(str(tmp_path / "missing"))
+
+
+def test_atomic_write_uses_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "p.txt"
+        with atomic_write(str(path), mode="w") as fh:
+            fh.write("x")
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)

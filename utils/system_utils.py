@@ -39,12 +39,19 @@ def atomic_write(path: str, mode: str = "wb", encoding: Optional[str] = None) ->
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp creates 0600; use the usual mode
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
         raise
     _fsync_dir(folder)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: str) -> None:

@@ -83,12 +83,12 @@ class _RasterizeGaussiansCPU(torch.autograd.Function):
         module = load_cpu_module()
         inputs = [_f32(t) for t in (means3D, opacities, sh, colors_precomp, scales, rotations, cov3Ds_precomp)]
         cam = _camera_args(settings)
-        color, radii, geom, offsets, ids, final_t, n_contrib = module.rasterize_forward(*inputs, *cam)
+        color, radii, *state = module.rasterize_forward(*inputs, *cam)
         ctx.cam = cam
         ctx.module = module
         ctx.metas = [None if t is None else (t.shape, t.dtype) for t in
                      (means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp)]
-        ctx.save_for_backward(*inputs, radii, geom, offsets, ids, final_t, n_contrib)
+        ctx.save_for_backward(*inputs, radii, *state)
         ctx.mark_non_differentiable(radii)
         dtype = means3D.dtype if means3D.is_floating_point() else torch.float32
         return color.to(device=means3D.device, dtype=dtype), radii.to(means3D.device)

@@ -1,16 +1,25 @@
 // CPU (OpenMP) tile rasterizer: forward and backward, bound as diff_gaussian_rasterization._cpu.
 //
-// Same math as diff_gaussian_rasterization/reference.py.  Forward: per-splat preprocessing
-// (parallel), per-tile lists sorted by (depth, splat index), per-tile front-to-back blending
-// (parallel over tiles) that records each pixel's final transmittance and contributor count.
-// Backward: per tile, back to front over the same lists, recovering T from the stored final T;
-// per (tile, splat) pair gradients are summed over the tile's pixels into a pair buffer, reduced
-// per splat in a fixed order (deterministic), then pushed through the preprocessing.
+// Same math as diff_gaussian_rasterization/reference.py (float32).  Forward: per-splat
+// preprocessing (parallel), per-tile lists sorted by (depth, splat index), per-tile front-to-back
+// blending (parallel over tiles) that records each pixel's final transmittance and contributor
+// count.  Backward: per tile, back to front over the same lists, recovering T from the stored final
+// T; per (tile, splat) pair gradients are summed over the tile's pixels into a pair buffer, reduced
+// per splat in a fixed order (deterministic for any thread count), then pushed through the
+// preprocessing (splat_math.cpp, evaluated in double).
+//
+// Work is limited to each splat's alpha footprint: the ellipse outside which opacity * G < 1/255
+// by a safe margin (see Footprint), so (tile, splat) pairs and pixels that the reference would
+// skip anyway are never visited.  The blend passes use SSE4.1 (4 pixels of a row at a time) when
+// the build targets it (-march=x86-64-v2), else scalar loops with the same arithmetic.
+// Threads: at::get_num_threads() (torch.set_num_threads).
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -47,6 +56,8 @@
 
 namespace dgr_cpu {
 namespace {
+
+static_assert(std::is_trivially_copyable_v<Projected>, "Projected is stored as raw bytes");
 
 // Per visible splat data used by the blend: x, y, conic (3), colour (3), opacity, depth,
 // footprint constants (5, see footprint_constants).
@@ -643,8 +654,9 @@ void blend_tile_backward_any(const Camera& cam, int64_t tile, const int32_t* ids
 
 }  // namespace
 
-// Forward.  Returns (color (3, H, W), radii (N,) int32, geom (N, 10), tile_offsets (tiles + 1)
-// int64, tile_ids (pairs,) int32, final_T (H, W), n_contrib (H, W) int32).
+// Forward.  Returns (color (3, H, W), radii (N,) int32, geom (N, kGeom), tile_offsets (tiles + 1)
+// int64, tile_ids (pairs,) int32, final_T (H, W), n_contrib (H, W) int32, projected (N, bytes)
+// uint8); everything after radii is state for rasterize_backward.
 std::vector<torch::Tensor> rasterize_forward(
     const torch::Tensor& means3D, const torch::Tensor& opacities, const torch::Tensor& sh,
     const torch::Tensor& colors, const torch::Tensor& scales, const torch::Tensor& rotations,
@@ -666,10 +678,14 @@ std::vector<torch::Tensor> rasterize_forward(
   std::vector<int32_t> rects(static_cast<size_t>(4 * n), 0);
   float* geom = geom_t.data_ptr<float>();
   int32_t* radii = radii_t.data_ptr<int32_t>();
+  // The preprocessing intermediates of every splat, kept for the backward pass (raw bytes).
+  torch::Tensor proj_t = torch::empty({n, static_cast<int64_t>(sizeof(Projected))},
+                                      torch::TensorOptions().dtype(torch::kUInt8));
+  Projected* projected = reinterpret_cast<Projected*>(proj_t.data_ptr<uint8_t>());
 
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < n; ++i) {
-    Projected p;
+    Projected& p = *new (projected + i) Projected;
     project_splat(cam, in.view, i, p);
     if (!p.visible) continue;
     float* g = geom + i * kGeom;
@@ -755,7 +771,7 @@ std::vector<torch::Tensor> rasterize_forward(
   for (int64_t t = 0; t < num_tiles; ++t)
     blend_tile_any(cam, t, ids, offsets[t], offsets[t + 1], geom, image, ft, nc);
   DGR_TICK("fwd blend");
-  return {image_t, radii_t, geom_t, offsets_t, ids_t, final_t, contrib_t};
+  return {image_t, radii_t, geom_t, offsets_t, ids_t, final_t, contrib_t, proj_t};
 }
 
 // Backward.  Returns (dmeans3D (N, 3), dmeans2D (N, 2), dsh (N, K, 3) or empty, dcolors (N, 3) or
@@ -768,7 +784,7 @@ std::vector<torch::Tensor> rasterize_backward(
     int64_t height, double fx, double fy, double lim_x0, double lim_x1, double lim_y0, double lim_y1,
     double scale_modifier, int64_t sh_degree, const torch::Tensor& radii_t, const torch::Tensor& geom_t,
     const torch::Tensor& offsets_t, const torch::Tensor& ids_t, const torch::Tensor& final_t,
-    const torch::Tensor& contrib_t) {
+    const torch::Tensor& contrib_t, const torch::Tensor& proj_t) {
   const Camera cam = make_camera(f32(viewmatrix, "viewmatrix"), f32(projmatrix, "projmatrix"),
                                  f32(campos, "campos"), f32(bg, "bg"), width, height, fx, fy, lim_x0,
                                  lim_x1, lim_y0, lim_y1, scale_modifier, sh_degree);
@@ -785,6 +801,9 @@ std::vector<torch::Tensor> rasterize_backward(
   const int64_t* offsets = offsets_t.data_ptr<int64_t>();
   const int32_t* ids = ids_t.data_ptr<int32_t>();
   const int32_t* radii = radii_t.data_ptr<int32_t>();
+  TORCH_CHECK(proj_t.numel() == n * static_cast<int64_t>(sizeof(Projected)) && proj_t.dtype() == torch::kUInt8,
+              "saved preprocessing state does not match the inputs");
+  const Projected* projected = reinterpret_cast<const Projected*>(proj_t.data_ptr<uint8_t>());
   const int64_t pairs = offsets[num_tiles];
 
   // 1. Blend backward per tile into the pair buffer.
@@ -830,8 +849,7 @@ std::vector<torch::Tensor> rasterize_backward(
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < n; ++i) {
     if (radii[i] <= 0) continue;
-    Projected p;
-    project_splat(cam, in.view, i, p);
+    const Projected& p = projected[i];
     if (!p.visible) continue;
     const float* sg = splat_grads.data() + i * kPairGrad;
     dop[i] = sg[5];
