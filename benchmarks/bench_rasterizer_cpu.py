@@ -3,9 +3,11 @@
 Workload: the project's head workload (/work/shared/bench/rasterizer_workload.py, docs/PERF_NOTES.md):
 N splats on a head-sized ellipsoid shell, SH degree 3, cameras around the head at 1 m, but with the
 focal length scaled to the image width (``fx = 1800 W / 802``) so the head fills the same fraction
-of the smaller CPU-sized images; loss = mean |img - 0.5|.  Prints forward / backward medians (ms)
-per backend and size, the speed-up, and ``torch.get_num_threads()``.  Never asserts on time (the
-figures are noisy on a shared machine).
+of the smaller CPU-sized images; loss = mean |img - 0.5|.  Prints forward / backward medians (ms,
+through autograd, wall clock) per backend and size, the speed-up, and ``torch.get_num_threads()``.
+Never asserts on time.  On a machine whose cores are busy with other work, OpenMP's spin-waiting
+makes every multi-threaded torch op (the reference's and ours) many times slower: compare with
+``--threads 1`` or set ``OMP_WAIT_POLICY=PASSIVE`` there.
 
 usage: python benchmarks/bench_rasterizer_cpu.py [--n 11000] [--sizes 160x110,400x275]
        [--steps 5] [--ref-steps 2] [--threads T] [--skip-reference]

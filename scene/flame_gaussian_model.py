@@ -154,6 +154,8 @@ class FlameGaussianModel(GaussianModel):
         self.face_orien_quat: Optional[torch.Tensor] = None
         self.face_scaling: Optional[torch.Tensor] = None
         self._laplacian: Optional[torch.Tensor] = None
+        self._graphed_pose: Optional[Any] = None
+        self._graphed_requires_grad: Tuple[bool, ...] = ()
         self._quat_table = quat_table(self.device)
 
     # ------------------------------------------------------------------ FLAME parameters
@@ -289,6 +291,46 @@ class FlameGaussianModel(GaussianModel):
             raise IndexError(f"timestep {t} out of range: the avatar has {self.num_timesteps} timesteps")
         return slice(t, t + 1)
 
+    def _pose_args(self, fp: Mapping[str, torch.Tensor], sl) -> Tuple[torch.Tensor, ...]:
+        return (fp["shape"][None], fp["expr"][sl], fp["rotation"][sl], fp["neck_pose"][sl], fp["jaw_pose"][sl],
+                fp["eyes_pose"][sl], fp["translation"][sl], fp["static_offset"], fp["dynamic_offset"][sl])
+
+    def _pose_frames(self, shape, expr, rotation, neck, jaw, eyes, translation, static_offset, dynamic_offset):
+        """FLAME for one frame and the per-face frames of the posed mesh (tensors in, tensors out)."""
+        verts, verts_cano = self.flame_model(shape, expr, rotation, neck, jaw, eyes, translation,
+                                             static_offset=static_offset, dynamic_offset=dynamic_offset)
+        center, R, k = compute_face_orientation(verts[0], self.faces)
+        return verts, verts_cano, center, R, rotmat_to_quat(R, self._quat_table), k
+
+    def enable_cuda_graphs(self) -> bool:
+        """Capture FLAME posing plus the per-face frames (forward and backward) as CUDA graphs.
+
+        The per-iteration mesh update is a few hundred small kernels whose launch cost, not their
+        arithmetic, limits training speed; replaying a graph launches them at once. The shapes
+        involved (vertices, faces, one frame of parameters) never change during training. The
+        captured function is checked against the eager one before use; on any problem this
+        returns False and the eager path stays. Only the training path (autograd on, fine-tuned
+        parameters) uses the graph."""
+        if self.device.type != "cuda" or self.flame_param is None or self.num_timesteps < 1:
+            return False
+        args = self._pose_args(self.flame_param, slice(0, 1))
+        sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+        try:
+            graphed = torch.cuda.make_graphed_callables(self._pose_frames, sample, allow_unused_input=True)
+            with torch.no_grad():
+                eager = self._pose_frames(*args)
+            replay = graphed(*args)
+            torch.cuda.synchronize()
+        except (RuntimeError, TypeError, ValueError) as exc:
+            print(f"note: CUDA graphs for FLAME posing unavailable ({exc}); using eager kernels")
+            return False
+        if not all(torch.allclose(a, b.detach(), rtol=1e-4, atol=1e-6) for a, b in zip(eager, replay)):
+            print("note: CUDA-graph FLAME posing disagrees with the eager path; using eager kernels")
+            return False
+        self._graphed_pose = graphed
+        self._graphed_requires_grad = tuple(a.requires_grad for a in args)
+        return True
+
     def select_mesh_by_timestep(self, timestep, original: bool = False) -> None:
         """Pose FLAME for ``timestep`` (int or 0-d/1-element long tensor; tensors avoid any host
         sync) with the fine-tuned (or, with ``original``, the tracked) parameters, and cache the
@@ -298,18 +340,20 @@ class FlameGaussianModel(GaussianModel):
         fp = self.flame_param_orig if original and self.flame_param_orig is not None else self.flame_param
         sl = self._frame_slice(timestep)
         self.timestep = timestep
-        verts, verts_cano = self.flame_model(
-            fp["shape"][None],
-            fp["expr"][sl],
-            fp["rotation"][sl],
-            fp["neck_pose"][sl],
-            fp["jaw_pose"][sl],
-            fp["eyes_pose"][sl],
-            fp["translation"][sl],
-            static_offset=fp["static_offset"],
-            dynamic_offset=fp["dynamic_offset"][sl],
-        )
-        self.update_mesh_properties(verts, verts_cano)
+        args = self._pose_args(fp, sl)
+        if (self._graphed_pose is not None and not original and torch.is_grad_enabled()
+                and tuple(a.requires_grad for a in args) == self._graphed_requires_grad
+                and all(a.shape[0] == 1 for a in args)):
+            verts, verts_cano, center, R, quat, k = self._graphed_pose(*args)
+            self._set_frames(verts, verts_cano, center, R, quat, k)
+            return
+        verts, verts_cano, center, R, quat, k = self._pose_frames(*args)
+        self._set_frames(verts, verts_cano, center, R, quat, k)
+
+    def _set_frames(self, verts, verts_cano, center, R, quat, k) -> None:
+        self.face_center, self.face_orien_mat, self.face_orien_quat, self.face_scaling = center, R, quat, k
+        self.verts = verts.reshape(-1, verts.shape[-2], 3)[:1]
+        self.verts_cano = verts_cano
 
     def update_mesh_properties(self, verts: torch.Tensor, verts_cano: Optional[torch.Tensor] = None) -> None:
         """Set the posed mesh ``verts`` ((1,V,3) or (V,3)) and its per-face frames."""

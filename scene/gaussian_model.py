@@ -212,7 +212,8 @@ class GaussianModel:
         if self.max_radii2D.shape[0] != n:
             self.max_radii2D = torch.zeros(n, device=self.device)
         groups = self._splat_param_groups(training_args) + self._extra_param_groups(training_args)
-        self.optimizer = torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+        # On the GPU one fused kernel updates every parameter of a group (same maths as Adam).
+        self.optimizer = torch.optim.Adam(groups, lr=0.0, eps=1e-15, fused=self.device.type == "cuda")
         self.xyz_scheduler_args = get_expon_lr_func(
             lr_init=training_args.position_lr_init * self.spatial_lr_scale,
             lr_final=training_args.position_lr_final * self.spatial_lr_scale,

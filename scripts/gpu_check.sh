@@ -24,15 +24,22 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$LOG/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$LOG/gpu.txt"
 
+# The packages build concurrently (the machine has many cores).
+pids=()
+names=()
 for d in submodules/diff-gaussian-rasterization submodules/simple-knn submodules/fused-ssim; do
   [ -f "$d/setup.py" ] || continue
   name=$(basename "$d")
-  t0=$(date +%s)
-  if ! (cd "$d" && "$PY" setup.py -q build_ext --inplace) >"$LOG/build_$name.log" 2>&1; then
-    echo "[gpu_check] build of $name FAILED:"; grep -E "error|Error" "$LOG/build_$name.log" | head -40
+  (t0=$(date +%s); cd "$d" && "$PY" setup.py -q build_ext --inplace >"$LOG/build_$name.log" 2>&1 \
+     && echo "[gpu_check] built $name in $(( $(date +%s) - t0 )) s") &
+  pids+=($!)
+  names+=("$name")
+done
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "[gpu_check] build of ${names[$i]} FAILED:"; grep -E "error|Error" "$LOG/build_${names[$i]}.log" | head -40
     exit 1
   fi
-  echo "[gpu_check] built $name in $(( $(date +%s) - t0 )) s"
 done
 export PYTHONPATH=$ROOT/submodules/diff-gaussian-rasterization:$ROOT/submodules/simple-knn:$ROOT/submodules/fused-ssim:$ROOT:${PYTHONPATH:-}
 

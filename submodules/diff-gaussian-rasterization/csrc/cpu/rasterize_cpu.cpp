@@ -670,6 +670,7 @@ std::vector<torch::Tensor> rasterize_forward(
   const Inputs in = make_inputs(means3D, opacities, sh, colors, scales, rotations, cov3D, cam.sh_degree);
   const int64_t n = in.view.n;
   const int nt = num_threads();
+  (void)nt;  // unused without OpenMP
   const int64_t num_tiles = static_cast<int64_t>(cam.grid_x) * cam.grid_y;
 
   auto f32opts = torch::TensorOptions().dtype(torch::kFloat32);
@@ -739,25 +740,32 @@ std::vector<torch::Tensor> rasterize_forward(
   int64_t* offsets = offsets_t.data_ptr<int64_t>();
   for (int64_t k = 0; k < pairs; ++k) ++offsets[pair_tile[k] + 1];
   for (int64_t t = 0; t < num_tiles; ++t) offsets[t + 1] += offsets[t];
-  // Sort keys: depth (> 0.2, so its IEEE bits order as unsigned integers) then splat index.
-  std::vector<uint64_t> keys(static_cast<size_t>(pairs));
+  DGR_TICK("fwd lists");
+  // Listed splats in (depth, index) order: stable LSD radix sort of the depth bits (depth > 0.2,
+  // so its IEEE bits order as unsigned integers) over the splats in index order.  Filling the
+  // tile lists in that order leaves every list sorted as the reference's stable depth sort.
+  std::vector<int32_t> order;
+  order.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    if (splat_start[i + 1] > splat_start[i]) order.push_back(static_cast<int32_t>(i));
   {
-    std::vector<int64_t> cursor(offsets, offsets + num_tiles);
-    for (int64_t i = 0; i < n; ++i) {
-      float depth = geom[i * kGeom + 9];
-      uint32_t bits;
-      std::memcpy(&bits, &depth, sizeof(bits));
-      const uint64_t key = (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(i);
-      for (int64_t k = splat_start[i]; k < splat_start[i + 1]; ++k) keys[cursor[pair_tile[k]]++] = key;
+    std::vector<uint32_t> bits(static_cast<size_t>(n), 0u);
+    for (const int32_t i : order) std::memcpy(&bits[i], geom + static_cast<int64_t>(i) * kGeom + 9, sizeof(uint32_t));
+    std::vector<int32_t> tmp(order.size());
+    for (int shift = 0; shift < 32; shift += 8) {
+      size_t count[257] = {0};
+      for (const int32_t i : order) ++count[((bits[i] >> shift) & 0xffu) + 1];
+      for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+      for (const int32_t i : order) tmp[count[(bits[i] >> shift) & 0xffu]++] = i;
+      order.swap(tmp);
     }
   }
-  DGR_TICK("fwd lists");
   torch::Tensor ids_t = torch::empty({pairs}, torch::TensorOptions().dtype(torch::kInt32));
   int32_t* ids = ids_t.data_ptr<int32_t>();
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nt)
-  for (int64_t t = 0; t < num_tiles; ++t) {
-    std::sort(keys.begin() + offsets[t], keys.begin() + offsets[t + 1]);
-    for (int64_t k = offsets[t]; k < offsets[t + 1]; ++k) ids[k] = static_cast<int32_t>(keys[k] & 0xffffffffu);
+  {
+    std::vector<int64_t> cursor(offsets, offsets + num_tiles);
+    for (const int32_t i : order)
+      for (int64_t k = splat_start[i]; k < splat_start[i + 1]; ++k) ids[cursor[pair_tile[k]]++] = i;
   }
 
   DGR_TICK("fwd sort");
@@ -792,6 +800,7 @@ std::vector<torch::Tensor> rasterize_backward(
   const Inputs in = make_inputs(means3D, opacities, sh, colors, scales, rotations, cov3D, cam.sh_degree);
   const int64_t n = in.view.n;
   const int nt = num_threads();
+  (void)nt;  // unused without OpenMP
   const int64_t num_tiles = static_cast<int64_t>(cam.grid_x) * cam.grid_y;
   TORCH_CHECK(grad_image.numel() == 3 * width * height, "grad of the image must have shape (3, H, W)");
   TORCH_CHECK(offsets_t.numel() == num_tiles + 1 && geom_t.numel() == n * kGeom && radii_t.numel() == n,
