@@ -103,6 +103,7 @@ class RunOptions:
     seed: int = 0
     overwrite: bool = False
     deterministic: bool = False
+    no_cuda_graphs: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--deterministic", action="store_true", default=False,
                      help="deterministic algorithms (torch.use_deterministic_algorithms): with --seed, reruns and "
                           "resumed runs repeat a run exactly on CPU (default: False)")
+    run.add_argument("--no_cuda_graphs", action="store_true", default=False,
+                     help="on a GPU, run FLAME posing as eager kernels instead of replaying CUDA graphs "
+                          "(default: False)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="allow a model folder that already holds a run: its point_cloud/ and chkpnt*.pth "
                           "are deleted (default: False)")
@@ -480,6 +484,9 @@ class Trainer:
         self.camera_stack: List[int] = []
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
+        if (self.device.type == "cuda" and not run.no_cuda_graphs and is_bound(self.gaussians)
+                and self.gaussians.enable_cuda_graphs()):
+            self.log.info("FLAME posing runs as CUDA graphs (--no_cuda_graphs to disable)")
         self.log.info(f"Output folder: {self.model_path}")
         save_cfg_args(self.model_path, self._cfg_namespace(cli_args))
         self.tb = make_tb_writer(self.model_path, self.log)

@@ -184,12 +184,12 @@ class PipelineParams(ParamGroup):
             "convert_SHs_python": "evaluate SH colours in PyTorch instead of the rasterizer",
             "compute_cov3D_python": "compute 3D covariances in PyTorch instead of the rasterizer",
             "debug": "check rasterizer inputs for NaN/Inf and name the offending tensor",
-            "backend": "rasterizer: auto (CUDA when built and on GPU), cuda, or reference (pure PyTorch)",
+            "backend": "rasterizer: auto (CUDA on GPU, C++ on CPU, when built), cuda, cpu, or reference (pure PyTorch)",
         }
 
     def validate(self) -> None:
-        if self.backend not in ("auto", "cuda", "reference"):
-            raise ValueError(f"--backend must be auto, cuda or reference, got {self.backend!r}")
+        if self.backend not in ("auto", "cuda", "cpu", "reference"):
+            raise ValueError(f"--backend must be auto, cuda, cpu or reference, got {self.backend!r}")
 
 
 @dataclass

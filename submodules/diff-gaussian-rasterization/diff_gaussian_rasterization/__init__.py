@@ -19,15 +19,16 @@ import functools
 import importlib
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from . import reference
 from ._checks import check_finite, check_inputs
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians", "cuda_available",
-           "resolve_backend", "check_finite", "BACKENDS"]
+           "resolve_backend", "check_finite", "BACKENDS", "cpu_available"]
 
-BACKENDS = ("auto", "cuda", "reference")
+BACKENDS = ("auto", "cuda", "cpu", "reference")
 
 
 class GaussianRasterizationSettings(NamedTuple):
@@ -65,8 +66,18 @@ def cuda_available() -> bool:
     return True
 
 
+def cpu_available() -> bool:
+    """True when the compiled C++ CPU extension ``diff_gaussian_rasterization._cpu`` imports
+    (not cached: a development build may register it later)."""
+    from ._cpu_backend import cpu_available as _available
+
+    return _available()
+
+
 def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) -> str:
-    """``"cuda"`` or ``"reference"`` for these settings and inputs (``ValueError``/``RuntimeError`` if impossible)."""
+    """``"cuda"``, ``"cpu"`` or ``"reference"`` for these settings and inputs (``ValueError``/
+    ``RuntimeError`` if impossible). ``auto``: CUDA tensors use the CUDA extension, float32 CPU
+    tensors the C++ CPU extension, anything else (float64 checks, nothing built) the reference."""
     backend = getattr(settings, "backend", "auto") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"raster_settings.backend must be one of {BACKENDS}, got {backend!r}")
@@ -80,7 +91,16 @@ def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) ->
         if not means3D.is_cuda:
             raise RuntimeError(f"backend='cuda' needs CUDA tensors, got means3D on {means3D.device}")
         return "cuda"
-    return "cuda" if means3D.is_cuda and cuda_available() else "reference"
+    if backend == "cpu":
+        if means3D.is_cuda:
+            raise RuntimeError(f"backend='cpu' needs CPU tensors, got means3D on {means3D.device}")
+        if not cpu_available():
+            raise RuntimeError("backend='cpu' requested but the C++ extension diff_gaussian_rasterization._cpu "
+                               "is not built (reinstall the package with a C++ compiler, or use backend='reference')")
+        return "cpu"
+    if means3D.is_cuda:
+        return "cuda" if cuda_available() else "reference"
+    return "cpu" if means3D.dtype != torch.float64 and cpu_available() else "reference"
 
 
 def _cuda_entry() -> Callable[..., Tuple[Tensor, Tensor]]:
@@ -106,8 +126,11 @@ def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional
         _none_if_empty(t, n) for t in (sh, colors_precomp, scales, rotations, cov3Ds_precomp))
     check_inputs(raster_settings, means3D, means2D, opacities, sh, colors_precomp, scales, rotations,
                  cov3Ds_precomp)
-    if resolve_backend(raster_settings, means3D) == "cuda":
+    backend = resolve_backend(raster_settings, means3D)
+    if backend == "cuda":
         entry = _cuda_entry()
+    elif backend == "cpu":
+        from ._cpu_backend import rasterize_gaussians_cpu as entry
     else:
         entry = reference.rasterize_gaussians
     return entry(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
