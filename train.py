@@ -623,7 +623,8 @@ class Trainer:
             self.evaluate(0)
 
         viewer = self._start_viewer()
-        acc: Dict[str, torch.Tensor] = {}
+        acc: Optional[torch.Tensor] = None
+        acc_keys: tuple = ()
         first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         ema_loss = 0.0
         n_acc = 0
@@ -678,8 +679,13 @@ class Trainer:
                         total = losses["total"].detach()
                         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total),
                                                 torch.full_like(first_bad, iteration), first_bad)
-                        for key, value in losses.items():
-                            acc[key] = acc[key] + value.detach() if key in acc else value.detach().clone()
+                        # one stacked accumulator for every loss term: two kernels per iteration
+                        keys = tuple(losses.keys())
+                        stacked = torch.stack([v.detach() for v in losses.values()])
+                        if acc_keys != keys or acc is None:
+                            acc, acc_keys, n_acc = stacked, keys, 0
+                        else:
+                            acc = acc + stacked
                         n_acc += 1
 
                         with timer("densify"):
@@ -690,14 +696,12 @@ class Trainer:
 
                         if iteration % LOG_EVERY == 0 or iteration == opt.iterations:
                             sync_check(iteration)
-                            keys = list(acc.keys())
-                            values = torch.stack([acc[k] for k in keys]).tolist()
-                            means = {k: v / n_acc for k, v in zip(keys, values)}
+                            means = {k: v / n_acc for k, v in zip(acc_keys, acc.tolist())}
                             ema_loss = means["total"] if ema_loss == 0.0 else 0.4 * means["total"] + 0.6 * ema_loss
                             bar.set_postfix({"Loss": f"{ema_loss:.7f}", "#splats": g.get_xyz.shape[0]})
                             bar.update(iteration - bar.n)
                             self._log_scalars(iteration, means)
-                            acc, n_acc = {}, 0
+                            acc, n_acc = None, 0
 
                         if self._wants_eval(iteration):
                             sync_check(iteration)
