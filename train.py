@@ -255,10 +255,8 @@ def build_gaussians(dataset: ModelParams, device: torch.device) -> Any:
     try:
         return FlameGaussianModel(dataset.sh_degree, **kwargs)
     except FileNotFoundError as exc:
-        raise TrainingError(
-            f"FLAME asset missing: {exc}. Download FLAME 2023 from https://flame.is.tue.mpg.de and put it at "
-            "flame_model/assets/flame/flame2023.pkl (and FLAME_masks.pkl), or pass --flame_model_path / "
-            "--flame_masks_path (or set FLAME_MODEL_PATH / FLAME_MASKS_PATH)") from None
+        # the loader's message already says where to download the files and where to put them
+        raise TrainingError(f"FLAME asset missing: {exc} (or pass --flame_model_path / --flame_masks_path)") from None
 
 
 def n_finite(value: float) -> bool:

@@ -117,13 +117,18 @@ class Camera:
             self.alpha_mask = _place(a.contiguous(), self.data_device)
 
         device = self.data_device if self.data_device.type == "cuda" else compute_device()
-        self.world_view_transform = torch.tensor(
-            getWorld2View2(self.R, self.T, self.trans, self.scale)).transpose(0, 1).to(device)
-        self.projection_matrix = getProjectionMatrix(
+        # Matrices are built on the CPU and moved once: cameras are created from worker threads,
+        # and the first CUDA linear-algebra call of a process must not run in several threads at
+        # once (PyTorch initialises its solver library lazily).
+        w2v = getWorld2View2(self.R, self.T, self.trans, self.scale)
+        world_view = torch.tensor(w2v, dtype=torch.float32).transpose(0, 1)
+        projection = getProjectionMatrix(
             znear=znear, zfar=zfar, fovX=self.FoVx, fovY=self.FoVy, cx=self.cx, cy=self.cy,
-            width=self.image_width, height=self.image_height).transpose(0, 1).to(device)
-        self.full_proj_transform = self.world_view_transform @ self.projection_matrix
-        self.camera_center = torch.linalg.inv(self.world_view_transform)[3, :3]
+            width=self.image_width, height=self.image_height).transpose(0, 1)
+        self.world_view_transform = world_view.to(device)
+        self.projection_matrix = projection.to(device)
+        self.full_proj_transform = (world_view @ projection).to(device)
+        self.camera_center = torch.tensor(np.linalg.inv(w2v)[:3, 3], dtype=torch.float32).to(device)
 
     @property
     def original_image(self) -> Optional[torch.Tensor]:

@@ -55,16 +55,18 @@ elif [ $tiny = 1 ]; then
   SCHED="--densify_from_iter 20 --densification_interval 20 --densify_until_iter 50 --opacity_reset_interval 1000 --position_lr_max_steps 60 --interval 60"
   DEVICE=cpu
 else
-  W=200; H=138; CAMS=16; STEPS=10; ITERS=1500
-  SCHED="--densify_from_iter 300 --densification_interval 300 --densify_until_iter 1200 --opacity_reset_interval 100000 --position_lr_max_steps 1500 --interval 1500"
+  W=256; H=176; CAMS=16; STEPS=16; ITERS=4000
+  SCHED="--densify_from_iter 500 --densification_interval 500 --densify_until_iter 3000 --opacity_reset_interval 100000 --position_lr_max_steps 4000 --interval 4000"
   DEVICE=cpu
 fi
 
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)   # absolute: the commands below run from the repository root
 FLAME_DIR=$OUT/flame
 SUBJECT=$OUT/subject_${W}x${H}
 MODEL=$OUT/avatar_${W}x${H}
-export FLAME_MODEL_PATH=$ROOT/$FLAME_DIR/flame2023.pkl
-export FLAME_MASKS_PATH=$ROOT/$FLAME_DIR/FLAME_masks.pkl
+export FLAME_MODEL_PATH=$FLAME_DIR/flame2023.pkl
+export FLAME_MASKS_PATH=$FLAME_DIR/FLAME_masks.pkl
 
 step() {
   echo
