@@ -57,3 +57,14 @@ def test_train_help_shows_defaults():
     for fragment in ["(default: 600000)", "(default: 0.005)", "(default: 0.0002)", "(default: 60000)",
                      "(default: 0.2)", "(default: 3)"]:
         assert fragment in text, fragment
+
+
+def test_cli_reference_is_in_sync():
+    """docs/CLI.md is generated from the scripts' own --help (scripts/gen_cli_reference.py)."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import gen_cli_reference
+
+    with open(os.path.join(ROOT, "docs", "CLI.md"), encoding="utf-8") as fh:
+        committed = fh.read()
+    assert committed == gen_cli_reference.render_reference(), \
+        "docs/CLI.md is stale: run python scripts/gen_cli_reference.py"
