@@ -7,11 +7,23 @@ viewers. It works for plain 3DGS models and for FLAME-bound models alike: both e
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["render", "build_covariance_3d"]
+__all__ = ["render", "build_covariance_3d", "PipelineSettings"]
+
+
+@dataclass
+class PipelineSettings:
+    """The pipeline switches :func:`render` reads, for callers without command-line settings
+    (viewers, benchmarks); ``arguments.PipelineParams`` has the same fields."""
+
+    convert_SHs_python: bool = False
+    compute_cov3D_python: bool = False
+    debug: bool = False
+    backend: str = "auto"
 
 
 def build_covariance_3d(scales: torch.Tensor, rotations: torch.Tensor, scaling_modifier: float = 1.0) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from arguments import load_cfg_args
+from gaussian_renderer import PipelineSettings
 from gaussian_renderer.motion import (KEY_WIDTH, MOTION_KEYS, MotionError, load_motion, motion_frame,
                                       motion_length)
 from utils.system_utils import searchForMaxIteration
@@ -37,16 +38,6 @@ class RenderOptions:
     splats_per_face: bool = False
     scaling_modifier: float = 1.0
     background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-
-@dataclass
-class PipelineSettings:
-    """The rasterizer settings ``render()`` reads."""
-
-    convert_SHs_python: bool = False
-    compute_cov3D_python: bool = False
-    debug: bool = False
-    backend: str = "auto"
 
 
 @dataclass

@@ -678,12 +678,11 @@ def demo_render_fn() -> RenderFn:
         return splat_points
 
 
-@dataclass
-class DemoPipe:
-    convert_SHs_python: bool = False
-    compute_cov3D_python: bool = False
-    debug: bool = False
-    backend: str = "auto"
+def DemoPipe():  # noqa: N802 - kept as the name the demo and tests use
+    """Default pipeline settings for the demo server."""
+    from gaussian_renderer import PipelineSettings
+
+    return PipelineSettings()
 
 
 def run_demo(ip: str, port: int, splats: int, timesteps: int, seconds: Optional[float],

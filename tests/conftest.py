@@ -75,3 +75,15 @@ def small_subject(flame_assets, tmp_path_factory):
     synth_main(["--out", str(out), "--flame_dir", str(flame_assets), "--width", "96", "--height", "66",
                 "--num_cameras", "16", "--num_timesteps", "6", "--seed", "0", "--device", "cpu", "--quiet"])
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of many tiny tensor ops: as fast on 2 cores, and immune to
+    OpenMP oversubscription when the machine is busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,13 +32,7 @@ FAST = ServerConfig(poll_interval_s=0.0, read_timeout_s=0.5, write_timeout_s=0.5
                     pause_wait_s=0.01, linger_s=0.2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On the 2-core CI machine, 2 OpenMP threads make each small matmul take ~60 ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TrainableDemo(DemoGaussians):

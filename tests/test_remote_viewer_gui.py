@@ -24,13 +24,7 @@ from utils.viewer_camera import OrbitCamera, look_at_w2c
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On the 2-core CI machine, 2 OpenMP threads make each small matmul take ~60 ms."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------
