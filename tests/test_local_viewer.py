@@ -37,7 +37,7 @@ def avatar_dir(small_subject, tmp_path_factory):
     model = tmp_path_factory.mktemp("avatar")
     g.save_ply(str(model / "point_cloud" / "iteration_10" / "point_cloud.ply"))
     save_cfg_args(str(model), {"sh_degree": 1, "source_path": str(small_subject), "bind_to_mesh": True,
-                               "white_background": True, "model_path": str(model)})
+                               "white_background": True, "eval": True, "model_path": str(model)})
     return model
 
 
@@ -250,3 +250,46 @@ def test_window_drives_the_avatar(avatar_dir, tmp_path):
                 dpg.render_dearpygui_frame()
     finally:
         dpg.destroy_context()
+
+
+@pytest.mark.slow
+def test_headless_export_matches_render_py(avatar_dir, small_subject, tmp_path):
+    """local_viewer's headless export of the avatar's own motion, from a dataset camera, gives
+    render.py's images for the same camera and timesteps."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    import local_viewer
+    from scene.dataset_readers import read_scene_info
+    from utils.graphics_utils import fov2focal
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "render.py"), "-m", str(avatar_dir), "--skip_train",
+                           "--skip_val", "--select_camera_id", "8", "--no_video", "--quiet"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    render_dir = next(avatar_dir.glob("test_8/ours_*/renders"))
+    rendered = sorted(render_dir.glob("*.png"))
+    info = read_scene_info(str(small_subject), eval=True, white_background=True, select_camera_id=8,
+                           bind_to_mesh=True)
+    cams = info.test_cameras
+    assert len(rendered) == len(cams) > 0 and len({c.camera_id for c in cams}) == 1
+    c = cams[0]
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = c.R.T, c.T
+    c2w = np.linalg.inv(w2c)
+    entry = {"id": 0, "img_name": c.image_name, "width": c.width, "height": c.height,
+             "position": c2w[:3, 3].tolist(), "rotation": c2w[:3, :3].tolist(),
+             "fx": fov2focal(c.FovX, c.width), "fy": fov2focal(c.FovY, c.height), "cx": c.cx, "cy": c.cy}
+    (tmp_path / "cameras.json").write_text(json.dumps([entry]))
+    out = tmp_path / "export"
+    frames = [str(cam.timestep) for cam in cams]
+    assert local_viewer.main(["--point_path", str(avatar_dir), "--export", str(out), "--device", "cpu",
+                              "--cameras_json", str(tmp_path / "cameras.json"), "--frames", *frames]) == 0
+    exported = sorted(out.glob("*.png"))
+    assert len(exported) == len(rendered)
+    for a, b in zip(rendered, exported):
+        diff = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+        assert diff.max() <= 2, (a.name, int(diff.max()))
