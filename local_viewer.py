@@ -204,13 +204,9 @@ class LocalViewer:
         if not self.engine.bound:
             return
         p = self.state.params
-        for key, _, _ in POSE_SLIDERS:
-            if key == "eyes_pose":
-                for i in range(3):
-                    dpg.set_value(self._slider_tag(key, i), float(p[key][i]))
-            else:
-                for i in range(3):
-                    dpg.set_value(self._slider_tag(key, i), float(p[key][i]))
+        for key, _, _ in POSE_SLIDERS:          # eyes: the sliders show the first eye (both move together)
+            for i in range(3):
+                dpg.set_value(self._slider_tag(key, i), float(p[key][i]))
         for i in range(min(NUM_EXPR_SLIDERS, self.engine.n_expr)):
             dpg.set_value(self._slider_tag("expr", i), float(p["expr"][i]))
 
@@ -482,7 +478,7 @@ class LocalViewer:
         if user_data == dpg.mvMouseButton_Left:
             self.camera.orbit(dx, dy)
         else:
-            self.camera.pan(dx / self.render_scale if self.render_scale else dx, dy)
+            self.camera.pan(dx, dy)   # the camera's size is the displayed image's
         self.dirty = True
 
     def _on_release(self, sender, app_data, user_data) -> None:
