@@ -20,31 +20,7 @@ except ImportError:  # not installed: serve it from the source tree
 from ga_ssim import reference
 from utils.loss_utils import ssim as project_ssim
 
-
-def numpy_ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SSIM map of (C,H,W) arrays: explicit loops over the 11x11 window on zero-padded copies."""
-    r = 5
-    g = np.exp(-((np.arange(11) - r) ** 2) / (2 * 1.5**2))
-    g /= g.sum()
-    w2 = np.outer(g, g)
-    _, H, W = a.shape
-
-    def filt(x: np.ndarray) -> np.ndarray:
-        xp = np.pad(x, ((0, 0), (r, r), (r, r)))
-        out = np.zeros_like(x)
-        for dy in range(11):
-            for dx in range(11):
-                out += w2[dy, dx] * xp[:, dy:dy + H, dx:dx + W]
-        return out
-
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    mu1, mu2 = filt(a), filt(b)
-    s11 = filt(a * a) - mu1**2
-    s22 = filt(b * b) - mu2**2
-    s12 = filt(a * b) - mu1 * mu2
-    c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
+from numpy_oracles import numpy_ssim_map
 
 
 def image_pair(shape, gen: torch.Generator, dtype=torch.float32, device="cpu"):

@@ -14,6 +14,8 @@ from PIL import Image
 import metrics
 from utils import metrics_utils as mu
 
+from numpy_oracles import numpy_ssim_map
+
 
 # ---------------------------------------------------------------------------------------------
 # independent references
@@ -22,40 +24,6 @@ from utils import metrics_utils as mu
 def np_psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(20 * np.log10(1.0 / np.sqrt(max(mse, 1e-10))))
-
-
-def np_gauss_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    x = np.arange(size) - size // 2
-    g = np.exp(-x**2 / (2 * sigma**2))
-    g /= g.sum()
-    return np.outer(g, g)
-
-
-def np_filter_same(img: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """'same' correlation of a (H, W) image with zero padding, by summing shifted copies."""
-    k = w.shape[0]
-    r = k // 2
-    padded = np.pad(img, r)
-    out = np.zeros_like(img, dtype=np.float64)
-    h, wd = img.shape
-    for dy in range(k):
-        for dx in range(k):
-            out += w[dy, dx] * padded[dy:dy + h, dx:dx + wd]
-    return out
-
-
-def np_ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SSIM map of (C, H, W) images per SPEC 5 (Gaussian 11x11, sigma 1.5, zero padding)."""
-    w = np_gauss_window()
-    c1, c2 = 0.01**2, 0.03**2
-    maps = []
-    for x, y in zip(a.astype(np.float64), b.astype(np.float64)):
-        mx, my = np_filter_same(x, w), np_filter_same(y, w)
-        sxx = np_filter_same(x * x, w) - mx * mx
-        syy = np_filter_same(y * y, w) - my * my
-        sxy = np_filter_same(x * y, w) - mx * my
-        maps.append(((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2)))
-    return np.stack(maps)
 
 
 def make_pair(rng: np.random.Generator, h: int, w: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +57,7 @@ def test_ssim_matches_numpy():
     r = torch.from_numpy(np.stack([p[0] for p in pairs]))
     g = torch.from_numpy(np.stack([p[1] for p in pairs]))
     got = mu.ssim_per_image(r, g).numpy()
-    want = [np_ssim_map(a, b).mean() for a, b in pairs]
+    want = [numpy_ssim_map(a, b).mean() for a, b in pairs]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert got[0] > got[1]
     assert mu.ssim_per_image(g, g).numpy() == pytest.approx([1.0, 1.0], abs=1e-5)
@@ -100,7 +68,7 @@ def test_ssim_reference_agrees_with_skimage_interior():
     skm = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(3)
     a, b = make_pair(rng, 32, 40, 0.1)
-    ours = np_ssim_map(a, b)[:, 5:-5, 5:-5].mean()
+    ours = numpy_ssim_map(a, b)[:, 5:-5, 5:-5].mean()
     theirs = skm.structural_similarity(a, b, channel_axis=0, gaussian_weights=True, sigma=1.5,
                                        use_sample_covariance=False, data_range=1.0)
     assert ours == pytest.approx(theirs, abs=1e-6)
@@ -257,7 +225,7 @@ def test_metrics_cli_end_to_end(tmp_path, vgg_file, lpips_scorer, capsys):
     want_psnr = [np_psnr(r, g) for r, g in good]
     np.testing.assert_allclose(list(per_view["ours_7"]["PSNR"].values()), want_psnr, rtol=1e-5)
     assert results["ours_7"]["PSNR"] == pytest.approx(np.mean(want_psnr), rel=1e-6)
-    want_ssim = [np_ssim_map(r, g).mean() for r, g in good]
+    want_ssim = [numpy_ssim_map(r, g).mean() for r, g in good]
     np.testing.assert_allclose(list(per_view["ours_7"]["SSIM"].values()), want_ssim, rtol=1e-4, atol=1e-5)
     want_lpips = [lpips_scorer(torch.tensor(r, dtype=torch.float32), torch.tensor(g, dtype=torch.float32)).item()
                   for r, g in good]
