@@ -26,6 +26,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -146,6 +147,16 @@ class SetResult:
     frames: int
     streams: List[str] = field(default_factory=list)
     videos: List[Path] = field(default_factory=list)
+    seconds_total: float = 0.0    # the whole set: rendering, PNG and video writing, waiting for them
+    seconds_render: float = 0.0   # the render calls alone (device time between events on CUDA)
+
+    @property
+    def fps_total(self) -> float:
+        return self.frames / self.seconds_total if self.seconds_total > 0 else float("nan")
+
+    @property
+    def fps_render(self) -> float:
+        return self.frames / self.seconds_render if self.seconds_render > 0 else float("nan")
 
 
 def _clear_frames(folder: Path) -> None:
@@ -163,6 +174,39 @@ def _mesh_overlay(gaussians: Any, view: Any, base: torch.Tensor) -> torch.Tensor
     out = render_mesh(verts, gaussians.faces, camera=view)
     rgba = out.rgba.to(base.device)
     return render_mesh_overlay(base.float(), rgba, MESH_OPACITY).clamp(0.0, 1.0)
+
+
+class _RenderClock:
+    """Sums the time of the render calls: CUDA events on the GPU (no host synchronisation per
+    view; read once at the end), wall-clock time on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pairs: List[Any] = []
+        self.cpu_seconds = 0.0
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            begin = torch.cuda.Event(enable_timing=True)
+            begin.record()
+            self.pairs.append([begin, None])
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.pairs[-1][1] = end
+        else:
+            self.cpu_seconds += time.perf_counter() - self._t0
+
+    def seconds(self) -> float:
+        if not self.cuda:
+            return self.cpu_seconds
+        torch.cuda.synchronize()
+        return sum(b.elapsed_time(e) for b, e in self.pairs) / 1000.0
 
 
 def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any], gaussians: Any,
@@ -188,13 +232,17 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
     videos = {s: VideoThread(iter_path / f"{s}.mp4", fps=opts.fps) for s in streams} if opts.write_video else {}
     ok = False
     posed_at = None
+    clock = _RenderClock(background.device)
+    t_start = time.perf_counter()
     try:
         with AsyncImageWriter(num_workers=opts.num_writers, max_pending=4 * opts.num_writers) as writer:
             for idx, view in enumerate(tqdm(views, desc=f"Rendering {name}", disable=opts.quiet)):
+                clock.start()
                 if bound and view.timestep is not None and view.timestep != posed_at:
                     gaussians.select_mesh_by_timestep(view.timestep)  # views of one frame share it
                     posed_at = view.timestep
                 rendering = render(view, gaussians, pipeline, background)["render"]
+                clock.stop()
                 gt = view.image_uint8[:3] if has_gt else None
                 # everything that lives on the render device leaves it in one non-blocking copy
                 on_device = {"renders": rendering}
@@ -221,10 +269,13 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
     for s, n in video_frames.items():
         if n != len(views):
             raise VideoError(f"{iter_path / (s + '.mp4')}: wrote {n} frames for {len(views)} views")
-    result = SetResult(name, iter_path, len(views), streams, [v.path for v in videos.values()])
+    result = SetResult(name, iter_path, len(views), streams, [v.path for v in videos.values()],
+                       seconds_total=time.perf_counter() - t_start, seconds_render=clock.seconds())
     if not opts.quiet:
         print(f"[{name}] {len(views)} views -> {iter_path} ({', '.join(streams)}"
               f"{'; videos: ' + ', '.join(p.name for p in result.videos) if result.videos else ''})")
+        print(f"[{name}] {result.fps_total:.1f} views/s with writing ({result.seconds_total:.2f} s); "
+              f"rendering alone {result.fps_render:.1f} views/s ({result.seconds_render:.3f} s)")
     return result
 
 

@@ -686,12 +686,6 @@ class Trainer:
                             acc = acc + stacked
                         n_acc += 1
 
-                        with timer("densify"):
-                            self.densify(iteration, render_pkg)
-                        with timer("step"):
-                            g.optimizer.step()
-                            g.optimizer.zero_grad(set_to_none=True)
-
                         if iteration % LOG_EVERY == 0 or iteration == opt.iterations:
                             sync_check(iteration)
                             means = {k: v / n_acc for k, v in zip(acc_keys, acc.tolist())}
@@ -701,12 +695,19 @@ class Trainer:
                             self._log_scalars(iteration, means)
                             acc, n_acc = None, 0
 
+                        # As in the original: report and save before this iteration's densification
+                        # (an opacity reset would otherwise be what the evaluation sees) and step.
                         if self._wants_eval(iteration):
                             sync_check(iteration)
                             self.evaluate(iteration)
                         if iteration in save_at:
                             sync_check(iteration)
                             self.save_ply(iteration)
+                        with timer("densify"):
+                            self.densify(iteration, render_pkg)
+                        with timer("step"):
+                            g.optimizer.step()
+                            g.optimizer.zero_grad(set_to_none=True)
                         if iteration in ckpt_at:
                             sync_check(iteration)
                             if not self._finite_state():

@@ -327,6 +327,11 @@ class FlameGaussianModel(GaussianModel):
         if not all(torch.allclose(a, b.detach(), rtol=1e-4, atol=1e-6) for a, b in zip(eager, replay)):
             print("note: CUDA-graph FLAME posing disagrees with the eager path; using eager kernels")
             return False
+        # The capture's warm-up ran on a side stream; autograd's one-time notice about that
+        # stream mismatch (harmless here: the graph replays on the current stream) is silenced.
+        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+        if quiet is not None:
+            quiet(False)
         self._graphed_pose = graphed
         self._graphed_requires_grad = tuple(a.requires_grad for a in args)
         return True

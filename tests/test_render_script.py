@@ -361,3 +361,21 @@ def test_render_plain_3dgs_model(tmp_path, capsys):
     assert not (out / "val").exists()  # no val cameras in a Blender scene: nothing written
     assert render.main(["-m", params.model_path, "--quiet", "--render_mesh"]) == 2
     assert "--render_mesh needs a mesh-bound avatar" in capsys.readouterr().err
+
+
+def test_render_reports_frame_rates(avatar, capsys):
+    """Each set reports its views/s with writing and for the render calls alone; the render calls
+    are part of the whole, so they cannot take longer than it."""
+    import render
+
+    rc = render.main(["-m", str(avatar["model"]), "--skip_train", "--skip_val", "--no_video",
+                      "--iteration", str(ITER), "--num_writers", "1"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "views/s with writing" in ln]
+    assert len(lines) == 1 and lines[0].startswith("[test] ")
+    import re
+
+    total_fps, total_s, render_fps, render_s = map(float, re.findall(r"([0-9.]+) (?:views/s|s\))", lines[0]))
+    assert 0 < render_s <= total_s
+    assert total_fps == pytest.approx(2 / total_s, rel=0.05)
+    assert render_fps == pytest.approx(2 / render_s, rel=0.05)

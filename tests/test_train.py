@@ -390,6 +390,20 @@ def test_plain_3dgs_psnr_rises(blender, tmp_path):
     assert "binding_0" not in arrays
 
 
+def test_evaluation_and_save_precede_the_opacity_reset(blender, tmp_path):
+    """As in the original loop, the report and the PLY of iteration N describe the model before
+    iteration N's densification: at an opacity-reset iteration they do not see the reset."""
+    result = run_training(blender_argv(blender, str(tmp_path / "m"), 101, "--test_iterations", "0", "100", "101",
+                                       "--save_iterations", "100", "--opacity_reset_interval", "100",
+                                       schedule=200))
+    before = result.metrics[0]["test"]["psnr"]
+    at_reset, after_reset = result.metrics[100]["test"]["psnr"], result.metrics[101]["test"]["psnr"]
+    assert at_reset > before + 3.0
+    assert after_reset < at_reset - 3.0  # the reset happened, right after the report
+    opacity = 1.0 / (1.0 + np.exp(-read_ply_arrays(result.saved_plys[0])["opacity"]))
+    assert opacity.max() > 0.05  # saved before the reset (which caps opacities at 0.01)
+
+
 class FakeViewer:
     """Stands in for gaussian_renderer.network_gui.ViewerServer: pauses once at iteration 3."""
 
