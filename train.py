@@ -495,6 +495,7 @@ class Trainer:
         self.saved_plys: List[str] = []
         self.checkpoints: List[str] = []
         self.metrics: Dict[int, Dict[str, Dict[str, float]]] = {}
+        self._stepper: Optional[Any] = None  # utils.adam_step.AdamStepper of the current optimizer
         from utils.timing import StageTimer
 
         self.timer = StageTimer(enabled=False, device=self.device)  # benchmarks enable it before train()
@@ -586,6 +587,16 @@ class Trainer:
         if iteration % opt.opacity_reset_interval == 0 or (
                 self.dataset.white_background and iteration == opt.densify_from_iter):
             g.reset_opacity()
+
+    def optimizer_step(self) -> None:
+        """Adam step (through :class:`utils.adam_step.AdamStepper`, same update) and clear grads."""
+        from utils.adam_step import AdamStepper
+
+        opt = self.gaussians.optimizer
+        if self._stepper is None or self._stepper.optimizer is not opt:
+            self._stepper = AdamStepper(opt)
+        self._stepper.step()
+        opt.zero_grad(set_to_none=True)
 
     def evaluate(self, iteration: int) -> None:
         self.metrics[iteration] = self.evaluator(iteration)
@@ -706,8 +717,7 @@ class Trainer:
                         with timer("densify"):
                             self.densify(iteration, render_pkg)
                         with timer("step"):
-                            g.optimizer.step()
-                            g.optimizer.zero_grad(set_to_none=True)
+                            self.optimizer_step()
                         if iteration in ckpt_at:
                             sync_check(iteration)
                             if not self._finite_state():

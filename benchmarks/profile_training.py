@@ -2,6 +2,11 @@
 (self CPU) time over a short run on the synthetic subject. Prints tables; asserts nothing.
 
     python benchmarks/profile_training.py [--iterations 200] [--width 802 --height 550]
+        [--trace trace.json.gz --trace_iterations 20]  [--sync_debug]
+
+--trace also records a Chrome trace (with Python stacks) of a short run, for
+benchmarks/trace_summary.py; --sync_debug lists the source lines that make the host wait for
+the GPU (torch.cuda sync debug mode) during a short run.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ def main() -> int:
     p.add_argument("--timesteps", type=int, default=10)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--rows", type=int, default=30)
+    p.add_argument("--trace", default=None, help="write a Chrome trace (.json or .json.gz) of a short run")
+    p.add_argument("--trace_iterations", type=int, default=20)
+    p.add_argument("--sync_debug", action="store_true", help="report the host synchronisations of a short run")
     args = p.parse_args()
     args.densify_from, args.densify_every, args.densify_until, args.opacity_reset = 10 ** 6, 10 ** 6, 0, 10 ** 6
     args.no_finetune = False
@@ -42,7 +50,35 @@ def main() -> int:
     key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    if args.trace:
+        with torch.profiler.profile(activities=activities, with_stack=True) as prof:
+            run_training(subject, os.path.join(work, "trace"), args.trace_iterations, args, timed=False)
+        prof.export_chrome_trace(args.trace)
+        print(f"[profile] trace of {args.trace_iterations} iterations: {args.trace}")
+    if args.sync_debug and torch.cuda.is_available():
+        report_syncs(subject, os.path.join(work, "sync"), args)
     return 0
+
+
+def report_syncs(subject: str, model_dir: str, args: argparse.Namespace, iterations: int = 30) -> None:
+    """Count, per source line, the operations that synchronise with the GPU in a short run."""
+    import collections
+    import warnings
+
+    counts: collections.Counter = collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_training(subject, model_dir, iterations, args, timed=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            counts[f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}"] += 1
+    print(f"[profile] synchronising calls in {iterations} iterations (incl. setup), by source line:")
+    for where, n in counts.most_common(40):
+        print(f"  {n:6d}  {where}")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,12 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
     """
     from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
 
-    means3D = pc.get_xyz
+    # Mesh-bound models give position, scale and rotation in one fused call (splat_binding).
+    world_transform = getattr(pc, "world_transform", None)
+    if world_transform is not None:
+        means3D, world_scales, world_rotations = world_transform()
+    else:
+        means3D, world_scales, world_rotations = pc.get_xyz, None, None
     device = means3D.device
     track_grad = torch.is_grad_enabled()
     screenspace_points = torch.zeros_like(means3D, requires_grad=track_grad)
@@ -100,11 +105,13 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
 
     opacity = pc.get_opacity
     scales = rotations = cov3D_precomp = None
+    if world_scales is None:
+        world_scales, world_rotations = pc.get_scaling, pc.get_rotation
     if getattr(pipe, "compute_cov3D_python", False):
-        cov3D_precomp = build_covariance_3d(pc.get_scaling, pc.get_rotation, scaling_modifier)
+        cov3D_precomp = build_covariance_3d(world_scales, world_rotations, scaling_modifier)
     else:
-        scales = pc.get_scaling
-        rotations = pc.get_rotation
+        scales = world_scales
+        rotations = world_rotations
 
     shs = colors_precomp = None
     if override_color is not None:

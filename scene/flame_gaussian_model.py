@@ -29,6 +29,11 @@ from utils.general_utils import inverse_sigmoid, quat_multiply, quat_table, rotm
 from utils.sh_utils import RGB2SH
 from utils.system_utils import atomic_write
 
+try:  # our fused CUDA transform (submodules/splat-binding); the PyTorch getters serve without it
+    import splat_binding
+except ImportError:  # pragma: no cover - depends on the installation
+    splat_binding = None
+
 __all__ = ["FlameGaussianModel", "compute_face_orientation", "FLAME_PARAM_KEYS", "FLAME_POSE_KEYS"]
 
 FLAME_PARAM_KEYS = (
@@ -387,6 +392,16 @@ class FlameGaussianModel(GaussianModel):
     def get_scaling(self) -> torch.Tensor:
         self._require_frames()
         return self.scaling_activation(self._scaling) * self.face_scaling[self.binding]
+
+    def world_transform(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(get_xyz, get_scaling, get_rotation)`` in one call: on CUDA one fused kernel forward
+        and one backward (``splat_binding``) instead of dozens of small ones; the same values."""
+        self._require_frames()
+        if splat_binding is None:
+            return self.get_xyz, self.get_scaling, self.get_rotation
+        return splat_binding.bound_transform(self._xyz, self._scaling, self._rotation, self.binding,
+                                             self.face_center, self.face_orien_mat, self.face_orien_quat,
+                                             self.face_scaling)
 
     @property
     def get_rotation(self) -> torch.Tensor:

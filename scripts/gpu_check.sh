@@ -27,7 +27,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 # The packages build concurrently (the machine has many cores).
 pids=()
 names=()
-for d in submodules/diff-gaussian-rasterization submodules/simple-knn submodules/fused-ssim; do
+for d in submodules/*/; do
+  d=${d%/}
   [ -f "$d/setup.py" ] || continue
   name=$(basename "$d")
   (t0=$(date +%s); cd "$d" && "$PY" setup.py -q build_ext --inplace >"$LOG/build_$name.log" 2>&1 \
@@ -41,7 +42,8 @@ for i in "${!pids[@]}"; do
     exit 1
   fi
 done
-export PYTHONPATH=$ROOT/submodules/diff-gaussian-rasterization:$ROOT/submodules/simple-knn:$ROOT/submodules/fused-ssim:$ROOT:${PYTHONPATH:-}
+for d in "$ROOT"/submodules/*/; do [ -f "$d/setup.py" ] && PYTHONPATH=${d%/}:${PYTHONPATH:-}; done
+export PYTHONPATH=$ROOT:${PYTHONPATH:-}
 
 status=0
 if [ "${GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then

@@ -15,7 +15,8 @@ skip_tests=1
 GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh > "$LOG/gpu_check.log" 2>&1 \
   || { echo "[gpu_session] build or cuda tests failed"; tail -40 "$LOG/gpu_check.log"; exit 1; }
 grep -E "passed|failed|built" "$LOG/gpu_check.log" | tail -5
-export PYTHONPATH=/tmp/site:$ROOT/submodules/diff-gaussian-rasterization:$ROOT/submodules/simple-knn:$ROOT/submodules/fused-ssim:$ROOT:${PYTHONPATH:-}
+for d in "$ROOT"/submodules/*/; do [ -f "$d/setup.py" ] && PYTHONPATH=${d%/}:${PYTHONPATH:-}; done
+export PYTHONPATH=/tmp/site:$ROOT:${PYTHONPATH:-}
 case "$stage" in
   demo)
     t0=$(date +%s)
