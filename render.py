@@ -303,6 +303,8 @@ def render_sets(dataset: ModelParams, iteration: int, pipeline: PipelineParams, 
     with torch.no_grad():
         gaussians = build_model(dataset)
         scene = Scene(dataset, gaussians, load_iteration=iteration, shuffle=False, progress=not opts.quiet)
+        if hasattr(gaussians, "enable_inference_graphs"):
+            gaussians.enable_inference_graphs()  # CUDA only: one graph replay per new frame's posing
         device = getattr(gaussians, "device", None) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         bg = [1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0]
         background = torch.tensor(bg, dtype=torch.float32, device=device)

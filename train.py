@@ -484,6 +484,7 @@ class Trainer:
             self._restore(self.checkpoint)
         if (self.device.type == "cuda" and not run.no_cuda_graphs and is_bound(self.gaussians)
                 and self.gaussians.enable_cuda_graphs()):
+            self.gaussians.enable_inference_graphs()  # evaluation poses without autograd
             self.log.info("FLAME posing runs as CUDA graphs (--no_cuda_graphs to disable)")
         self.log.info(f"Output folder: {self.model_path}")
         save_cfg_args(self.model_path, self._cfg_namespace(cli_args))

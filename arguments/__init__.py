@@ -399,8 +399,11 @@ def get_combined_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
 
     model_path = typed.model_path if getattr(typed, "model_path", None) else getattr(defaults, "model_path", "")
     stored = load_cfg_args(model_path) if model_path else {}
+    # Only the settings of the model and pipeline groups come from the training run; its run
+    # options (--quiet, --port, iterations...) are not this program's business.
+    inherited = {f.name for group in groups for f in group.setting_fields()}
     merged = dict(vars(defaults))
-    merged.update(stored)
+    merged.update({k: v for k, v in stored.items() if k in inherited})
     for key, value in vars(typed).items():
         if value is not None:
             merged[key] = value

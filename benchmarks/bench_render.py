@@ -1,9 +1,10 @@
 """Rendering throughput of a trained avatar: the viewer engine (frames per second at 802x550, no
-writing) and render.py (images per second with PNG writing and videos, and without videos).
+writing; also with the avatar grown to --splats splats) and render.py (views per second with PNG
+and video writing, and of the render calls alone, as render.py reports them).
 Prints figures; asserts nothing.
 
     python benchmarks/bench_render.py [--model MODEL] [--iterations 1500] [--timesteps 10]
-        [--frames 200] [--width 802 --height 550]
+        [--frames 200] [--width 802 --height 550] [--splats 100000]
 
 Without --model a synthetic subject is generated and an avatar trained for --iterations with the
 real trainer first.
@@ -25,29 +26,75 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def engine_fps(model: str, width: int, height: int, frames: int, device: str) -> tuple:
+def replicate_splats(gaussians, target: int, jitter: float = 0.05, seed: int = 0) -> None:
+    """Grow a mesh-bound avatar to ``target`` splats for a load test: copies of the trained
+    splats on the same faces, local positions jittered by ``jitter`` (triangle units)."""
+    n = gaussians.num_points
+    if target <= n:
+        return
+    gen = torch.Generator(device=gaussians._xyz.device).manual_seed(seed)
+    idx = torch.arange(target, device=gaussians._xyz.device) % n
+    with torch.no_grad():
+        xyz = gaussians._xyz[idx].clone()
+        xyz[n:] += jitter * torch.randn(xyz[n:].shape, device=xyz.device, generator=gen)
+        gaussians._xyz = torch.nn.Parameter(xyz)
+        for name in ("_features_dc", "_features_rest", "_opacity", "_scaling", "_rotation"):
+            setattr(gaussians, name, torch.nn.Parameter(getattr(gaussians, name)[idx].clone()))
+        gaussians.binding = gaussians.binding[idx]
+        gaussians.binding_counter = torch.bincount(gaussians.binding, minlength=gaussians.num_faces)
+
+
+def engine_fps(model: str, width: int, height: int, frames: int, device: str, splats: int = 0) -> dict:
+    """Frames per second of the viewer engine: a new FLAME frame each time (posing + render),
+    the same frame (render only), both with the image left on the device; and the viewer's path
+    (new frame, image copied to the host as float32)."""
     from gaussian_renderer.avatar_engine import AvatarEngine, RenderOptions
     from utils.viewer_camera import OrbitCamera
 
     engine = AvatarEngine(model, device=device)
+    if splats and engine.bound:
+        replicate_splats(engine.gaussians, splats)
     cam = OrbitCamera(width=width, height=height, fovy=20.0, radius=1.0, target=engine.head_center())
     minicam = cam.minicam(device=engine.device)
     opts = RenderOptions()
     n_t = max(1, engine.num_timesteps)
-    for t in range(5):                                        # warm-up
-        engine.render(minicam, engine.params_at(t % n_t), opts)
-    t0 = time.perf_counter()
-    for i in range(frames):
-        engine.render(minicam, engine.params_at(i % n_t), opts)
-    fps = frames / (time.perf_counter() - t0)
-    return fps, engine.num_splats
+    params = [engine.params_at(t) for t in range(n_t)]
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        for i in range(5):  # warm-up
+            fn(i)
+        sync()
+        t0 = time.perf_counter()
+        for i in range(frames):
+            fn(i)
+        sync()
+        return frames / (time.perf_counter() - t0)
+
+    out = {"splats": engine.num_splats}
+    out["new_frame"] = timed(lambda i: engine.render_image(minicam, params[i % n_t], opts))
+    if engine.bound:
+        engine.pose(params[0])
+    from gaussian_renderer import render as render_gaussians
+
+    bg = torch.tensor(opts.background, dtype=torch.float32, device=engine.device)
+
+    def same_frame(_i: int) -> None:
+        with torch.no_grad():
+            render_gaussians(minicam, engine.gaussians, engine.pipe, bg)
+
+    out["same_frame"] = timed(same_frame)
+    out["viewer"] = timed(lambda i: engine.render(minicam, params[i % n_t], opts))
+    return out
 
 
-def render_script(model: str, extra: list) -> float:
+def render_script(model: str, extra: list) -> tuple:
+    """Run render.py; returns (wall seconds, its per-set report lines)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, os.path.join(ROOT, "render.py"), "-m", model, "--skip_train", "--quiet"] + extra,
-                   cwd=ROOT, check=True)
-    return time.perf_counter() - t0
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "render.py"), "-m", model, "--skip_train"] + extra,
+                          cwd=ROOT, check=True, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if "views/s" in ln]
+    return time.perf_counter() - t0, lines
 
 
 def count_images(model: str) -> int:
@@ -72,6 +119,8 @@ def main() -> int:
     p.add_argument("--height", type=int, default=550)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--device", default=None)
+    p.add_argument("--splats", type=int, default=100_000,
+                   help="also time the engine with the avatar grown to this many splats (0: skip)")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = args.model
@@ -85,13 +134,16 @@ def main() -> int:
         model = os.path.join(work, "model")
         res = run_training(subject, model, args.iterations, ns, timed=False)
         print(f"[bench] trained {args.iterations} iterations at {res['it_per_s']:.1f} it/s ({res['splats']} splats)")
-    fps, splats = engine_fps(model, args.width, args.height, args.frames, device)
-    print(f"[bench] viewer engine: {fps:.1f} frames/s at {args.width}x{args.height}, {splats} splats, on {device}")
-    wall = render_script(model, [])
+    for target in [0] + ([args.splats] if args.splats else []):
+        r = engine_fps(model, args.width, args.height, args.frames, device, splats=target)
+        print(f"[bench] viewer engine, {r['splats']} splats, {args.width}x{args.height} on {device}: "
+              f"{r['new_frame']:.0f} frames/s posing each frame, {r['same_frame']:.0f} frames/s render only "
+              f"(image on the device); {r['viewer']:.0f} frames/s with the host copy the viewer needs")
+    wall, lines = render_script(model, [])
     n = count_images(model)
-    print(f"[bench] render.py (PNGs + videos): {n} images in {wall:.1f} s = {n / wall:.1f} images/s (process included)")
-    wall_nv = render_script(model, ["--no_video"])
-    print(f"[bench] render.py (PNGs, no videos): {n} images in {wall_nv:.1f} s = {n / wall_nv:.1f} images/s")
+    print(f"[bench] render.py (PNGs + videos): {n} images, process wall {wall:.1f} s")
+    for ln in lines:
+        print(f"[bench]   {ln}")
     return 0
 
 

@@ -146,6 +146,7 @@ class AvatarEngine:
         else:
             self.gaussians.load_ply(ply_path)
         self.n_expr = n_expr
+        self.gaussians.enable_inference_graphs()  # CUDA only: posing a frame is one graph replay
 
     def _load_splats_without_npz(self, ply_path: str, n_shape: int, n_expr: int) -> None:
         """A bound PLY without its FLAME parameters: pose it with a neutral one-frame motion."""
@@ -204,19 +205,11 @@ class AvatarEngine:
     # ------------------------------------------------------------------------------- posing
     def pose(self, params: Dict[str, np.ndarray]) -> None:
         """Pose the FLAME mesh with one frame of parameters and update the splat frames."""
-        g = self.gaussians
-        fp = g.flame_param
-
-        def t(key: str) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(params[key], np.float32), device=self.device).reshape(1, -1)
-
-        with torch.no_grad():
-            verts, verts_cano = g.flame_model(
-                fp["shape"][None], t("expr"), t("rotation"), t("neck_pose"), t("jaw_pose"), t("eyes_pose"),
-                t("translation"), static_offset=fp["static_offset"],
-                dynamic_offset=None,
-            )
-            g.update_mesh_properties(verts, verts_cano)
+        keys = ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")
+        arrays = [np.asarray(params[k], np.float32).reshape(-1) for k in keys]
+        packed = torch.from_numpy(np.concatenate(arrays)).to(self.device)  # one host-to-device copy
+        frame = dict(zip(keys, (v.reshape(1, -1) for v in packed.split([a.size for a in arrays]))))
+        self.gaussians.pose_frame(frame)
 
     # ------------------------------------------------------------------------------- rendering
     def _splat_count_face_colors(self) -> torch.Tensor:
@@ -230,6 +223,11 @@ class AvatarEngine:
     def render(self, camera, params: Optional[Dict[str, np.ndarray]] = None,
                options: Optional[RenderOptions] = None) -> np.ndarray:
         """One frame ``(H, W, 3)`` float32 in [0, 1] for ``camera`` (a ``MiniCam``-like object)."""
+        return self.render_image(camera, params, options).permute(1, 2, 0).contiguous().cpu().numpy()
+
+    def render_image(self, camera, params: Optional[Dict[str, np.ndarray]] = None,
+                     options: Optional[RenderOptions] = None) -> torch.Tensor:
+        """The frame of :meth:`render` as a ``(3, H, W)`` tensor on the engine's device."""
         from gaussian_renderer import render as render_gaussians
 
         opts = options or RenderOptions()
@@ -244,7 +242,7 @@ class AvatarEngine:
                 image = bg.view(3, 1, 1).expand(3, camera.image_height, camera.image_width).clone()
             if self.bound and (opts.show_mesh or opts.splats_per_face):
                 image = self._overlay_mesh(image, camera, opts)
-            return image.clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
+            return image.clamp(0, 1)
 
     def _overlay_mesh(self, image: torch.Tensor, camera, opts: RenderOptions) -> torch.Tensor:
         from utils.mesh_renderer import render_mesh, render_mesh_overlay

@@ -18,6 +18,7 @@ Typical use (train.py / render.py)::
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -161,6 +162,7 @@ class FlameGaussianModel(GaussianModel):
         self._laplacian: Optional[torch.Tensor] = None
         self._graphed_pose: Optional[Any] = None
         self._graphed_requires_grad: Tuple[bool, ...] = ()
+        self._inference_pose: Optional["_InferencePoseGraph"] = None
         self._quat_table = quat_table(self.device)
 
     # ------------------------------------------------------------------ FLAME parameters
@@ -337,9 +339,53 @@ class FlameGaussianModel(GaussianModel):
         quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
         if quiet is not None:
             quiet(False)
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         self._graphed_pose = graphed
         self._graphed_requires_grad = tuple(a.requires_grad for a in args)
         return True
+
+    def enable_inference_graphs(self) -> bool:
+        """Capture FLAME posing plus the per-face frames without autograd as one CUDA graph, for
+        rendering and evaluation (render.py, the viewers, evaluation during training): one replay
+        instead of a few hundred kernel launches per new frame. Checked against the eager path;
+        False (eager stays) when unavailable."""
+        if self.device.type != "cuda" or self.flame_param is None or self.num_timesteps < 1:
+            return False
+        try:
+            graph = _InferencePoseGraph(self._pose_frames, self._pose_args(self.flame_param, slice(0, 1)))
+            args = self._pose_args(self.flame_param, slice(self.num_timesteps - 1, self.num_timesteps))
+            with torch.no_grad():
+                eager = self._pose_frames(*args)
+                replay = graph(*args)
+            torch.cuda.synchronize()
+        except (RuntimeError, TypeError, ValueError) as exc:
+            print(f"note: CUDA graph for FLAME posing (inference) unavailable ({exc}); using eager kernels")
+            return False
+        if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(eager, replay)):
+            print("note: CUDA-graph FLAME posing (inference) disagrees with the eager path; using eager kernels")
+            return False
+        self._inference_pose = graph
+        return True
+
+    def pose_frame(self, frame: Mapping[str, torch.Tensor]) -> None:
+        """Pose FLAME with one frame of parameters given as tensors (``expr``, ``rotation``,
+        ``neck_pose``, ``jaw_pose``, ``eyes_pose``, ``translation``, each (1, width) on the
+        model's device; identity and static offset from the avatar, no dynamic offset) and update
+        the per-face frames, without autograd (viewers, reenactment)."""
+        if self.flame_param is None:
+            raise RuntimeError("pose_frame: no FLAME parameters (call load_meshes or load_ply)")
+        fp = self.flame_param
+        V = fp["static_offset"].shape[-2]
+        dyn = frame.get("dynamic_offset")
+        if dyn is None:
+            dyn = torch.zeros(1, V, 3, device=self.device)
+        args = (fp["shape"][None], frame["expr"], frame["rotation"], frame["neck_pose"], frame["jaw_pose"],
+                frame["eyes_pose"], frame["translation"], fp["static_offset"], dyn)
+        with torch.no_grad():
+            if self._inference_pose is not None and self._inference_pose.accepts(args):
+                self._set_frames(*self._inference_pose(*args))
+            else:
+                self._set_frames(*self._pose_frames(*args))
 
     def select_mesh_by_timestep(self, timestep, original: bool = False) -> None:
         """Pose FLAME for ``timestep`` (int or 0-d/1-element long tensor; tensors avoid any host
@@ -356,6 +402,9 @@ class FlameGaussianModel(GaussianModel):
                 and all(a.shape[0] == 1 for a in args)):
             verts, verts_cano, center, R, quat, k = self._graphed_pose(*args)
             self._set_frames(verts, verts_cano, center, R, quat, k)
+            return
+        if self._inference_pose is not None and not torch.is_grad_enabled() and self._inference_pose.accepts(args):
+            self._set_frames(*self._inference_pose(*args))
             return
         verts, verts_cano, center, R, quat, k = self._pose_frames(*args)
         self._set_frames(verts, verts_cano, center, R, quat, k)
@@ -639,3 +688,31 @@ class FlameGaussianModel(GaussianModel):
         if self.binding.shape[0] != self.num_points:
             raise ValueError(f"checkpoint has {self.num_points} splats but {self.binding.shape[0]} bindings")
         self._restore_optimizer(model_args, training_args)
+
+
+class _InferencePoseGraph:
+    """``fn(*args)`` without autograd, captured once as a CUDA graph over static input buffers;
+    calls copy the inputs in, replay, and return copies of the outputs (callers may keep them)."""
+
+    def __init__(self, fn, sample_args: Tuple[torch.Tensor, ...]):
+        self.static_in = tuple(a.detach().clone() for a in sample_args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):  # warm-up: allocator and lazy initialisation outside the capture
+                fn(*self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.static_out = fn(*self.static_in)
+
+    def accepts(self, args: Tuple[torch.Tensor, ...]) -> bool:
+        return len(args) == len(self.static_in) and all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in zip(args, self.static_in))
+
+    def __call__(self, *args: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            for dst, src in zip(self.static_in, args):
+                dst.copy_(src)
+            self.graph.replay()
+            return tuple(out.clone() for out in self.static_out)

@@ -100,3 +100,22 @@ def test_broken_json_names_the_file(tmp_path):
 def test_namespace_parser_rejects_calls():
     with pytest.raises(ConfigError):
         parse_namespace_repr("Namespace(a=open('/etc/passwd'))")
+
+
+def test_combined_args_do_not_inherit_run_options(tmp_path):
+    """render.py takes the model and pipeline settings of the training run, not its run options
+    (a run trained with --quiet must not silence render.py)."""
+    import argparse
+    import json
+
+    from arguments import ModelParams, PipelineParams, get_combined_args
+
+    (tmp_path / "cfg_args").write_text(json.dumps({"white_background": True, "quiet": True, "sh_degree": 1,
+                                                   "port": 6010}))
+    parser = argparse.ArgumentParser()
+    ModelParams.add_to_parser(parser)
+    PipelineParams.add_to_parser(parser)
+    parser.add_argument("--quiet", action="store_true")
+    args = get_combined_args(parser, ["-m", str(tmp_path)])
+    assert args.white_background is True and args.sh_degree == 1
+    assert args.quiet is False and not hasattr(args, "port")
