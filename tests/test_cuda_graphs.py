@@ -45,3 +45,39 @@ def test_graphed_posing_matches_eager(flame_assets):
         assert set(a) == set(b) and "expr" in a and "jaw_pose" in a
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key} @ t={t}: {m}")
+
+
+@pytest.mark.cuda
+def test_inference_graph_posing_matches_eager(flame_assets):
+    """Without autograd, select_mesh_by_timestep / pose_frame replay one graph: same frames as
+    eager, and frames of an earlier call are not overwritten by a later one."""
+    from scene.flame_gaussian_model import FlameGaussianModel
+
+    rng = np.random.default_rng(1)
+    meshes = {t: {"shape": rng.normal(size=300).astype(np.float32) * 0.5,
+                  "expr": rng.normal(size=(1, 100)).astype(np.float32) * 0.5,
+                  "rotation": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
+                  "neck_pose": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
+                  "jaw_pose": np.abs(rng.normal(size=(1, 3))).astype(np.float32) * 0.1,
+                  "eyes_pose": rng.normal(size=(1, 6)).astype(np.float32) * 0.1,
+                  "translation": rng.normal(size=(1, 3)).astype(np.float32) * 0.01} for t in range(3)}
+    eager, graphed = (FlameGaussianModel(3, device="cuda") for _ in range(2))
+    for g in (eager, graphed):
+        g.load_meshes(meshes, {})
+        g.create_from_pcd(None, 1.0)
+    assert graphed.enable_inference_graphs()
+    with torch.no_grad():
+        kept = None
+        for t in (2, 0, 1):
+            eager.select_mesh_by_timestep(t)
+            graphed.select_mesh_by_timestep(t)
+            for name in ("verts", "face_center", "face_orien_mat", "face_orien_quat", "face_scaling"):
+                torch.testing.assert_close(getattr(graphed, name), getattr(eager, name), rtol=1e-4, atol=1e-6)
+            if kept is None:
+                kept = (graphed.verts.clone(), graphed.verts)
+        assert torch.equal(kept[0], kept[1])  # the t=2 frames survived later replays
+        frame = {k: torch.as_tensor(meshes[1][k], device="cuda") for k in
+                 ("expr", "rotation", "neck_pose", "jaw_pose", "eyes_pose", "translation")}
+        graphed.pose_frame(frame)
+        eager.select_mesh_by_timestep(1)
+        torch.testing.assert_close(graphed.verts, eager.verts, rtol=1e-4, atol=1e-6)
