@@ -822,7 +822,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 128 + signal.SIGINT
     if not run.quiet:
-        print(f"\nTraining complete: {result.model_path} ({result.num_points} splats)")
+        peak = ""
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB"
+        print(f"\nTraining complete: {result.model_path} ({result.num_points} splats{peak})")
     return 0
 
 

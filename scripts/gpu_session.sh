@@ -26,10 +26,13 @@ case "$stage" in
     cp /tmp/demo_gpu/avatar_*/results*.json "$LOG/" 2>/dev/null
     ;;
   bench)
-    python3 benchmarks/bench_training.py --iterations 3000 --stage_iterations 300 --timesteps 20 \
+    # the demo's schedule through its densification phase (15k iterations), then 300 staged ones
+    python3 benchmarks/bench_training.py --iterations 15000 --stage_iterations 300 --timesteps 100 \
+      --densify_from 500 --densify_every 500 --densify_until 15000 --opacity_reset 10000 \
       --json "$LOG/train_bench.json" > "$LOG/bench_training.log" 2>&1
     grep -E "^\[bench\]|^  [a-z]" "$LOG/bench_training.log"
-    python3 benchmarks/bench_render.py --iterations 1500 --timesteps 10 > "$LOG/bench_render.log" 2>&1
+    python3 benchmarks/bench_render.py --iterations 3000 --timesteps 10 --frames 300 --splats 100000 \
+      > "$LOG/bench_render.log" 2>&1
     grep "^\[bench\]" "$LOG/bench_render.log"
     python3 benchmarks/bench_loading.py --timesteps 100 > "$LOG/bench_loading.log" 2>&1
     tail -2 "$LOG/bench_loading.log"
