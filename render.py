@@ -274,8 +274,8 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
     if not opts.quiet:
         print(f"[{name}] {len(views)} views -> {iter_path} ({', '.join(streams)}"
               f"{'; videos: ' + ', '.join(p.name for p in result.videos) if result.videos else ''})")
-        print(f"[{name}] {result.fps_total:.1f} views/s with writing ({result.seconds_total:.2f} s); "
-              f"rendering alone {result.fps_render:.1f} views/s ({result.seconds_render:.3f} s)")
+        print(f"[{name}] {result.fps_total:.1f} views/s with writing ({result.seconds_total:.4f} s); "
+              f"rendering alone {result.fps_render:.1f} views/s ({result.seconds_render:.4f} s)")
     return result
 
 
