@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv, install the Python dependencies,
-# and build our two CUDA packages where nvcc is found. Idempotent: a second run only checks.
+# and build our packages under submodules/ (CUDA extensions where nvcc is found). Idempotent: a second run only checks.
 #
 #   bash scripts/setup.sh            # .venv in the repository root
 #   bash scripts/setup.sh --no-venv  # use the active Python (e.g. a conda environment)
@@ -42,12 +42,20 @@ NVCC=""
 if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then NVCC="$CUDA_HOME/bin/nvcc"; fi
 if [ -z "$NVCC" ] && command -v nvcc >/dev/null 2>&1; then NVCC=$(command -v nvcc); export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}; fi
 
+# No GPU here and no target architecture named: nothing could run (or target) the CUDA code.
+if [ -n "$NVCC" ] && [ "${GA_SKIP_CUDA:-0}" != 1 ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] \
+    && ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "[setup] nvcc found but no GPU and no TORCH_CUDA_ARCH_LIST: skipping the CUDA build" \
+       "(set TORCH_CUDA_ARCH_LIST, e.g. 9.0, to build for a GPU elsewhere)"
+  export GA_SKIP_CUDA=1
+fi
+
 build_sig=$( (cat submodules/*/setup.py; find submodules -name '*.cu' -o -name '*.h' -o -name '*.cpp' | sort | xargs cat) 2>/dev/null | sha1sum | cut -d' ' -f1)
 build_sig="$build_sig-${NVCC:-none}-${TORCH_CUDA_ARCH_LIST:-default}-${GA_SKIP_CUDA:-0}"
 bstamp=".venv/.cuda_build.sha"
 [ $use_venv = 1 ] || bstamp="build/.cuda_build.sha"
 if [ "$(cat "$bstamp" 2>/dev/null)" = "$build_sig" ]; then
-  echo "[setup] rasterizer and simple-knn packages up to date"
+  echo "[setup] packages under submodules/ up to date"
 else
   if [ -z "$NVCC" ] || [ "${GA_SKIP_CUDA:-0}" = 1 ]; then
     echo "[setup] nvcc not found (or GA_SKIP_CUDA=1): skipping the CUDA build; the pure-PyTorch rasterizer and CPU k-NN serve"
