@@ -162,6 +162,8 @@ class FlameGaussianModel(GaussianModel):
         self._laplacian: Optional[torch.Tensor] = None
         self._graphed_pose: Optional[Any] = None
         self._graphed_requires_grad: Tuple[bool, ...] = ()
+        self._graphed_inputs: Tuple[torch.Tensor, ...] = ()
+        self._graph_t: Optional[torch.Tensor] = None
         self._inference_pose: Optional["_InferencePoseGraph"] = None
         self._quat_table = quat_table(self.device)
 
@@ -309,24 +311,44 @@ class FlameGaussianModel(GaussianModel):
         center, R, k = compute_face_orientation(verts[0], self.faces)
         return verts, verts_cano, center, R, rotmat_to_quat(R, self._quat_table), k
 
+    def _full_pose_args(self, fp: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        return (fp["shape"], fp["expr"], fp["rotation"], fp["neck_pose"], fp["jaw_pose"], fp["eyes_pose"],
+                fp["translation"], fp["static_offset"], fp["dynamic_offset"])
+
+    def _pose_frames_at(self, t_index, shape, expr, rotation, neck, jaw, eyes, translation, static_offset,
+                        dynamic_offset):
+        """:meth:`_pose_frames` for frame ``t_index`` ((1,) long tensor) of the full per-frame
+        parameters, reading them inside the function (so a graph of it reads the live tensors).
+        The mesh comes back without autograd history: training needs gradients of the face
+        frames only."""
+        def pick(x):
+            return x.index_select(0, t_index)
+
+        verts, verts_cano, center, R, quat, k = self._pose_frames(
+            shape[None], pick(expr), pick(rotation), pick(neck), pick(jaw), pick(eyes), pick(translation),
+            static_offset, pick(dynamic_offset))
+        return verts.detach(), verts_cano.detach(), center, R, quat, k
+
     def enable_cuda_graphs(self) -> bool:
         """Capture FLAME posing plus the per-face frames (forward and backward) as CUDA graphs.
 
         The per-iteration mesh update is a few hundred small kernels whose launch cost, not their
-        arithmetic, limits training speed; replaying a graph launches them at once. The shapes
-        involved (vertices, faces, one frame of parameters) never change during training. The
-        captured function is checked against the eager one before use; on any problem this
-        returns False and the eager path stays. Only the training path (autograd on, fine-tuned
-        parameters) uses the graph."""
+        arithmetic, limits training speed; replaying a graph launches them at once. The graph
+        reads the live FLAME parameter tensors (all frames; Adam updates them in place) at a
+        frame index held in a device tensor, so a replay needs no input copies, and its backward
+        writes the parameters' gradients directly. The captured function is checked against the
+        eager one before use; on any problem this returns False and the eager path stays. Only
+        the training path (autograd on, the parameters captured) uses the graph."""
         if self.device.type != "cuda" or self.flame_param is None or self.num_timesteps < 1:
             return False
-        args = self._pose_args(self.flame_param, slice(0, 1))
-        sample = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+        full = self._full_pose_args(self.flame_param)
+        t_index = torch.full((1,), self.num_timesteps - 1, dtype=torch.long, device=self.device)
         try:
-            graphed = torch.cuda.make_graphed_callables(self._pose_frames, sample, allow_unused_input=True)
+            graphed = torch.cuda.make_graphed_callables(self._pose_frames_at, (t_index,) + full,
+                                                        allow_unused_input=True)
             with torch.no_grad():
-                eager = self._pose_frames(*args)
-            replay = graphed(*args)
+                eager = self._pose_frames(*self._pose_args(self.flame_param, slice(self.num_timesteps - 1, None)))
+            replay = graphed(t_index, *full)
             torch.cuda.synchronize()
         except (RuntimeError, TypeError, ValueError) as exc:
             print(f"note: CUDA graphs for FLAME posing unavailable ({exc}); using eager kernels")
@@ -341,8 +363,20 @@ class FlameGaussianModel(GaussianModel):
             quiet(False)
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         self._graphed_pose = graphed
-        self._graphed_requires_grad = tuple(a.requires_grad for a in args)
+        self._graphed_inputs = full
+        self._graph_t = t_index
+        self._graphed_requires_grad = tuple(a.requires_grad for a in full)
         return True
+
+    def _graph_usable(self, fp: Mapping[str, torch.Tensor]) -> bool:
+        """The training graph serves when it was captured on exactly these parameter tensors,
+        autograd is on, and no gradient is pending: its backward hands out its own gradient
+        buffers, which a second backward before ``zero_grad`` would overwrite."""
+        if self._graphed_pose is None or not torch.is_grad_enabled():
+            return False
+        full = self._full_pose_args(fp)
+        return all(a is b and a.grad is None for a, b in zip(full, self._graphed_inputs)) \
+            and tuple(a.requires_grad for a in full) == self._graphed_requires_grad
 
     def enable_inference_graphs(self) -> bool:
         """Capture FLAME posing plus the per-face frames without autograd as one CUDA graph, for
@@ -396,13 +430,14 @@ class FlameGaussianModel(GaussianModel):
         fp = self.flame_param_orig if original and self.flame_param_orig is not None else self.flame_param
         sl = self._frame_slice(timestep)
         self.timestep = timestep
-        args = self._pose_args(fp, sl)
-        if (self._graphed_pose is not None and not original and torch.is_grad_enabled()
-                and tuple(a.requires_grad for a in args) == self._graphed_requires_grad
-                and all(a.shape[0] == 1 for a in args)):
-            verts, verts_cano, center, R, quat, k = self._graphed_pose(*args)
-            self._set_frames(verts, verts_cano, center, R, quat, k)
+        if not original and self._graph_usable(fp):
+            if isinstance(sl, torch.Tensor):
+                self._graph_t.copy_(sl, non_blocking=True)
+            else:
+                self._graph_t.fill_(sl.start)
+            self._set_frames(*self._graphed_pose(self._graph_t, *self._graphed_inputs))
             return
+        args = self._pose_args(fp, sl)
         if self._inference_pose is not None and not torch.is_grad_enabled() and self._inference_pose.accepts(args):
             self._set_frames(*self._inference_pose(*args))
             return

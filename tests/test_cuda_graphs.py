@@ -46,6 +46,20 @@ def test_graphed_posing_matches_eager(flame_assets):
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"{key} @ t={t}: {m}")
 
+    # gradients accumulated over two backward passes without zero_grad (the second pass must not
+    # reuse the graph's gradient buffers, which the first pass's .grad may share)
+    def accumulated(g):
+        g.optimizer.zero_grad(set_to_none=True)
+        for t in (0, 1):
+            g.select_mesh_by_timestep(t)
+            (g.get_xyz.square().sum() + g.get_scaling.sum()).backward()
+        return {k: v.grad.detach().clone() for k, v in g.flame_param.items() if v.grad is not None}
+
+    a, b = accumulated(eager), accumulated(graphed)
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=lambda m: f"accumulated {key}: {m}")
+
 
 @pytest.mark.cuda
 def test_inference_graph_posing_matches_eager(flame_assets):
