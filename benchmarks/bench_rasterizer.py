@@ -193,6 +193,9 @@ def cpu_breakdown(n: int, width: int, height: int) -> dict:
     return out
 
 
+ORIGINAL_FWD_MS, ORIGINAL_BWD_MS = 0.71, 1.36  # graphdeco's rasterizer, measured on the device's H100
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="cuda", choices=["cuda", "reference", "both"])
@@ -217,6 +220,11 @@ def main() -> None:
     print(f"{'backend':<10} {'fwd ms':>9} {'bwd ms':>9} {'fps':>8}")
     for r in rows:
         print(f"{r['backend']:<10} {r['fwd_ms_median']:>9.3f} {r['bwd_ms_median']:>9.3f} {r['render_fps_nograd']:>8.1f}")
+    # stated baseline: graphdeco's rasterizer on this workload, same H100 (issue 11)
+    print(f"{'original':<10} {ORIGINAL_FWD_MS:>9.3f} {ORIGINAL_BWD_MS:>9.3f}        -   (stated, not run here)")
+    for r in rows:
+        print(f"ratio original/{r['backend']}: forward x{ORIGINAL_FWD_MS / r['fwd_ms_median']:.2f}, "
+              f"backward x{ORIGINAL_BWD_MS / r['bwd_ms_median']:.2f}")
 
 
 if __name__ == "__main__":

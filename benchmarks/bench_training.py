@@ -89,6 +89,8 @@ def main() -> int:
     p.add_argument("--opacity_reset", type=int, default=100_000)
     p.add_argument("--no_finetune", action="store_true", help="--not_finetune_flame_params")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--baseline_it_s", type=float, default=30.0,
+                   help="it/s to compare against (default: the original's ~30 it/s on the H100; 0: none)")
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench_training_")
@@ -96,6 +98,9 @@ def main() -> int:
     full = run_training(subject, os.path.join(work, "model_full"), args.iterations, args, timed=False)
     print(f"[bench] {args.iterations} iterations in {full['wall_s']:.1f} s: {full['it_per_s']:.1f} it/s "
           f"(setup {full['setup_s']:.1f} s, {full['splats']} splats at the end, peak {full['peak_gib']:.2f} GiB)")
+    if args.baseline_it_s > 0 and torch.cuda.is_available():
+        print(f"[bench] x{full['it_per_s'] / args.baseline_it_s:.1f} the stated baseline of {args.baseline_it_s:g} it/s "
+              "(the original GaussianAvatars on this subject, H100, issue 11; not run here)")
     staged = run_training(subject, os.path.join(work, "model_staged"), args.stage_iterations, args, timed=True)
     print(f"[bench] per-stage mean ms over {args.stage_iterations} iterations "
           f"({staged['it_per_s']:.1f} it/s with stage events):")
