@@ -21,6 +21,15 @@ for _name in sorted(os.listdir(_SUBMODULES)) if os.path.isdir(_SUBMODULES) else 
         sys.path.append(_path)
 
 
+# Software OpenGL under xvfb (mesa llvmpipe) and triton each bring their own LLVM; loading
+# triton after a GL context exists crashes the process (torch imports triton lazily, e.g. in a
+# later test). Loading it first, when it is installed, avoids that.
+try:
+    import triton  # noqa: F401
+except (ImportError, OSError, RuntimeError):  # optional: without it the order stays as it is
+    pass
+
+
 def _cuda_ready() -> bool:
     try:
         import torch
