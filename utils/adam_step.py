@@ -55,8 +55,10 @@ class AdamStepper:
                 if p.grad is None:
                     continue
                 state = opt.state.get(p)
-                if not state or "exp_avg" not in state:
+                if not state or "exp_avg" not in state or "step" not in state:
                     return False  # Adam creates the state on its first step
+                if not isinstance(state["step"], torch.Tensor) or state["step"].device != p.device:
+                    return False  # a counter on another device (e.g. restored): Adam.step copes
                 params.append(p)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
