@@ -341,6 +341,12 @@ class FlameGaussianModel(GaussianModel):
         the training path (autograd on, the parameters captured) uses the graph."""
         if self.device.type != "cuda" or self.flame_param is None or self.num_timesteps < 1:
             return False
+        # The capture warms up on a side stream; autograd's notice about that stream mismatch
+        # (harmless here: the graph replays on the current stream) is silenced before it.
+        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+        if quiet is not None:
+            quiet(False)
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         full = self._full_pose_args(self.flame_param)
         t_index = torch.full((1,), self.num_timesteps - 1, dtype=torch.long, device=self.device)
         try:
@@ -356,12 +362,6 @@ class FlameGaussianModel(GaussianModel):
         if not all(torch.allclose(a, b.detach(), rtol=1e-4, atol=1e-6) for a, b in zip(eager, replay)):
             print("note: CUDA-graph FLAME posing disagrees with the eager path; using eager kernels")
             return False
-        # The capture's warm-up ran on a side stream; autograd's one-time notice about that
-        # stream mismatch (harmless here: the graph replays on the current stream) is silenced.
-        quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
-        if quiet is not None:
-            quiet(False)
-        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         self._graphed_pose = graphed
         self._graphed_inputs = full
         self._graph_t = t_index
