@@ -48,6 +48,7 @@ from utils.checkpoint import (
     save_checkpoint,
     set_python_rng_state,
 )
+from utils.adam_step import AdamStepper
 from utils.general_utils import seed_everything
 
 LAST_GOOD_CHECKPOINT = "chkpnt_last_good.pth"
@@ -591,8 +592,6 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         """Adam step (through :class:`utils.adam_step.AdamStepper`, same update) and clear grads."""
-        from utils.adam_step import AdamStepper
-
         opt = self.gaussians.optimizer
         if self._stepper is None or self._stepper.optimizer is not opt:
             self._stepper = AdamStepper(opt)

@@ -50,7 +50,7 @@ if [ -n "$NVCC" ] && [ "${GA_SKIP_CUDA:-0}" != 1 ] && [ -z "${TORCH_CUDA_ARCH_LI
   export GA_SKIP_CUDA=1
 fi
 
-build_sig=$( (cat submodules/*/setup.py; find submodules -name '*.cu' -o -name '*.h' -o -name '*.cpp' | sort | xargs cat) 2>/dev/null | sha1sum | cut -d' ' -f1)
+build_sig=$( (cat submodules/*.py submodules/*/setup.py; find submodules -name '*.cu' -o -name '*.h' -o -name '*.cpp' | sort | xargs cat) 2>/dev/null | sha1sum | cut -d' ' -f1)
 build_sig="$build_sig-${NVCC:-none}-${TORCH_CUDA_ARCH_LIST:-default}-${GA_SKIP_CUDA:-0}"
 bstamp=".venv/.cuda_build.sha"
 [ $use_venv = 1 ] || bstamp="build/.cuda_build.sha"
