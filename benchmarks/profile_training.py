@@ -4,8 +4,9 @@
     python benchmarks/profile_training.py [--iterations 200] [--width 802 --height 550]
         [--trace trace.json.gz --trace_iterations 20]  [--sync_debug]
 
---trace also records a Chrome trace (with Python stacks) of a short run, for
-benchmarks/trace_summary.py; --sync_debug lists the source lines that make the host wait for
+--trace also records a Chrome trace (with Python stacks) of --trace_iterations steady-state
+iterations (after --trace_skip iterations of the same run, so set-up and graph capture are left
+out), for benchmarks/trace_summary.py; --sync_debug lists the source lines that make the host wait for
 the GPU (torch.cuda sync debug mode) during a short run.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=30)
     p.add_argument("--trace", default=None, help="write a Chrome trace (.json or .json.gz) of a short run")
     p.add_argument("--trace_iterations", type=int, default=20)
+    p.add_argument("--trace_skip", type=int, default=100, help="iterations run before the traced ones")
     p.add_argument("--sync_debug", action="store_true", help="report the host synchronisations of a short run")
     args = p.parse_args()
     args.densify_from, args.densify_every, args.densify_until, args.opacity_reset = 10 ** 6, 10 ** 6, 0, 10 ** 6
@@ -51,13 +53,33 @@ def main() -> int:
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
     if args.trace:
-        with torch.profiler.profile(activities=activities, with_stack=True) as prof:
-            run_training(subject, os.path.join(work, "trace"), args.trace_iterations, args, timed=False)
-        prof.export_chrome_trace(args.trace)
+        trace_steady_state(subject, os.path.join(work, "trace"), args, activities)
         print(f"[profile] trace of {args.trace_iterations} iterations: {args.trace}")
     if args.sync_debug and torch.cuda.is_available():
         report_syncs(subject, os.path.join(work, "sync"), args)
     return 0
+
+
+def trace_steady_state(subject: str, model_dir: str, args: argparse.Namespace, activities: list) -> None:
+    """Trace iterations trace_skip+1 .. trace_skip+trace_iterations of one run: the profiler's
+    schedule advances once per optimizer step, so set-up and the first iterations are skipped."""
+    import train
+
+    schedule = torch.profiler.schedule(wait=args.trace_skip, warmup=5, active=args.trace_iterations, repeat=1)
+    prof = torch.profiler.profile(activities=activities, with_stack=True, schedule=schedule,
+                                  on_trace_ready=lambda p: p.export_chrome_trace(args.trace))
+    original_step = train.Trainer.optimizer_step
+
+    def stepping(self):  # type: ignore[no-untyped-def]
+        original_step(self)
+        prof.step()
+
+    train.Trainer.optimizer_step = stepping
+    try:
+        with prof:
+            run_training(subject, model_dir, args.trace_skip + 5 + args.trace_iterations + 2, args, timed=False)
+    finally:
+        train.Trainer.optimizer_step = original_step
 
 
 def report_syncs(subject: str, model_dir: str, args: argparse.Namespace, iterations: int = 30) -> None:
