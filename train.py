@@ -281,32 +281,61 @@ def gt_image_on(cam: Any, device: torch.device) -> torch.Tensor:
     return img.float().div_(255.0)
 
 
+def _fused_terms_available() -> bool:
+    try:
+        import ga_ssim  # noqa: F401  (its reference serves where the kernels are not built)
+    except ImportError:
+        return False
+    return True
+
+
 def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, opt: OptimizationParams,
                    visibility_filter: torch.Tensor, timestep: Optional[int]) -> Dict[str, torch.Tensor]:
-    """Image loss (1-λ) L1 + λ (1-SSIM) plus the regularisers of mesh-bound models (SPEC 5)."""
+    """Image loss (1-λ) L1 + λ (1-SSIM) plus the regularisers of mesh-bound models (SPEC 5).
+
+    The image terms and the default (local, non-metric) position and scale regularisers are one
+    autograd node (:mod:`utils.training_loss`); metric variants and the offset/Laplacian terms
+    are added by autograd operators."""
     from utils import loss_utils
 
-    # fused CUDA SSIM for CUDA images (same value), the PyTorch SSIM elsewhere
-    ssim_fn = getattr(loss_utils, "fast_ssim", loss_utils.ssim)
-    losses: Dict[str, torch.Tensor] = {
-        "l1": loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim),
-        "ssim": (1.0 - ssim_fn(image, gt_image)) * opt.lambda_dssim,
-    }
-    if is_bound(gaussians):
-        vis = visibility_filter
+    bound = is_bound(gaussians)
+    vis = visibility_filter
+    fuse_xyz = bound and opt.lambda_xyz != 0 and not opt.metric_xyz
+    fuse_scale = bound and opt.lambda_scale != 0 and not opt.metric_scale
+    losses: Dict[str, torch.Tensor] = {}
+    fused = None
+    if _fused_terms_available():
+        from utils.training_loss import LossWeights, training_terms
+
+        weights = LossWeights(l1=1.0 - opt.lambda_dssim, ssim=opt.lambda_dssim,
+                              xyz=opt.lambda_xyz if fuse_xyz else 0.0, xyz_threshold=opt.threshold_xyz,
+                              scale=opt.lambda_scale if fuse_scale else 0.0, scale_threshold=opt.threshold_scale)
+        fused = training_terms(image, gt_image, weights, xyz=gaussians._xyz if fuse_xyz else None,
+                               scaling=gaussians._scaling if fuse_scale else None, mask=vis if bound else None)
+        losses["l1"], losses["ssim"] = fused[0], fused[1]
+    else:
+        fuse_xyz = fuse_scale = False
+        losses["l1"] = loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim)
+        losses["ssim"] = (1.0 - loss_utils.ssim(image, gt_image)) * opt.lambda_dssim
+    if bound:
         if opt.lambda_xyz != 0:
-            losses["xyz"] = gaussians.compute_xyz_loss(opt.threshold_xyz, metric=opt.metric_xyz, mask=vis) \
-                * opt.lambda_xyz
+            losses["xyz"] = fused[2] if fuse_xyz else \
+                gaussians.compute_xyz_loss(opt.threshold_xyz, metric=opt.metric_xyz, mask=vis) * opt.lambda_xyz
         if opt.lambda_scale != 0:
-            losses["scale"] = gaussians.compute_scale_loss(opt.threshold_scale, metric=opt.metric_scale, mask=vis) \
-                * opt.lambda_scale
+            losses["scale"] = fused[3] if fuse_scale else \
+                gaussians.compute_scale_loss(opt.threshold_scale, metric=opt.metric_scale, mask=vis) * opt.lambda_scale
         if opt.lambda_dynamic_offset != 0:
             losses["dy_off"] = gaussians.compute_dynamic_offset_loss() * opt.lambda_dynamic_offset
         if opt.lambda_dynamic_offset_std != 0:
             losses["dynamic_offset_std"] = gaussians.compute_dynamic_offset_std_loss() * opt.lambda_dynamic_offset_std
         if opt.lambda_laplacian != 0:
             losses["lap"] = gaussians.compute_laplacian_loss() * opt.lambda_laplacian
-    losses["total"] = sum(losses.values())
+    if fused is not None:
+        unfused = [v for k, v in losses.items() if k not in ("l1", "ssim") and not (k == "xyz" and fuse_xyz)
+                   and not (k == "scale" and fuse_scale)]
+        losses["total"] = fused.sum() + sum(unfused) if unfused else fused.sum()
+    else:
+        losses["total"] = sum(losses.values())
     return losses
 
 

@@ -397,10 +397,10 @@ class GaussianModel:
         grad = viewspace_point_tensor.grad
         if grad is None:
             raise RuntimeError("add_densification_stats: viewspace points have no gradient (call backward first)")
-        norm = torch.norm(grad[:, :2], dim=-1, keepdim=True)
+        norm = torch.linalg.vector_norm(grad[:, :2], dim=-1, keepdim=True)
         if update_filter.dtype == torch.bool:
             w = update_filter.reshape(-1, 1).to(norm.dtype)
-            self.xyz_gradient_accum += norm * w
+            self.xyz_gradient_accum.addcmul_(norm, w)
             self.denom += w
         else:
             self.xyz_gradient_accum[update_filter] += norm[update_filter]
@@ -409,7 +409,7 @@ class GaussianModel:
     def update_max_radii2D(self, radii: torch.Tensor, visibility_filter: torch.Tensor) -> None:
         """``max_radii2D = max(max_radii2D, radii)`` on visible splats (bool mask, no host sync)."""
         r = radii.to(self.max_radii2D.dtype)
-        self.max_radii2D = torch.where(visibility_filter, torch.max(self.max_radii2D, r), self.max_radii2D)
+        self.max_radii2D = torch.where(visibility_filter, torch.maximum(self.max_radii2D, r), self.max_radii2D)
 
     def reset_opacity(self) -> None:
         """Clamp every opacity to at most 0.01 (and reset its Adam moments)."""

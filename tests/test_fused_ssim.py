@@ -173,3 +173,30 @@ def test_cuda_identical_noncontiguous_and_img2_grad():
     xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
     ga_ssim.fused_ssim(xg, yg).backward()
     assert xg.grad is not None and yg.grad is not None
+
+
+def test_ssim_vjp_reference_path_matches_autograd():
+    gen = torch.Generator().manual_seed(40)
+    x, y = image_pair((3, 19, 26), gen, dtype=torch.float64)
+    value, vjp = ga_ssim.ssim_vjp(x, y)
+    xr = x.clone().requires_grad_(True)
+    ref = reference.ssim(xr, y)
+    (want,) = torch.autograd.grad(ref * -2.5, xr)
+    assert abs(value.item() - ref.item()) < 1e-12
+    torch.testing.assert_close(vjp(torch.tensor(-2.5, dtype=torch.float64)), want, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(3, 550, 802), (3, 45, 70)])
+def test_cuda_ssim_vjp_matches_reference(shape):
+    _need_kernel()
+    gen = torch.Generator().manual_seed(41)
+    x, y = image_pair(shape, gen, device="cuda")
+    value, vjp = ga_ssim.ssim_vjp(x, y)
+    xr = x.double().requires_grad_(True)
+    ref = reference.ssim(xr, y.double())
+    (want,) = torch.autograd.grad(ref * 0.7, xr)
+    assert abs(value.item() - ref.item()) < 1e-5
+    got = vjp(torch.tensor(0.7, device="cuda"))
+    rel = ((got.double() - want).norm() / want.norm()).item()
+    assert rel < 1e-4, rel

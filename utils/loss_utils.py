@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["fast_ssim", "l1_loss", "l2_loss", "gaussian_window", "ssim"]
+__all__ = ["l1_loss", "l2_loss", "gaussian_window", "ssim"]
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
@@ -69,13 +69,3 @@ def ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11, size_ave
     if size_average:
         return ssim_map.mean()
     return ssim_map.flatten(1).mean(1)
-
-
-def fast_ssim(img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
-    """Training SSIM: the fused CUDA kernels of ``ga_ssim`` for float32 CUDA images (forward and
-    backward in one kernel each), the same value as :func:`ssim`; falls back to :func:`ssim`."""
-    try:
-        from ga_ssim import fused_ssim
-    except ImportError:
-        return ssim(img1, img2)
-    return fused_ssim(img1, img2)

@@ -8,11 +8,14 @@ Dispatch: float32 CUDA tensors go to the compiled extension ``ga_ssim._C`` when 
 anything else (CPU tensors, other dtypes, no extension, or ``img2`` requiring a gradient, which
 the kernels do not compute) uses the pure-PyTorch reference, differentiable by autograd.
 ``train=False`` skips writing the backward coefficient maps (evaluation; no gradient).
+``ssim_vjp(img1, img2)`` returns the mean SSIM with a function giving its vector-Jacobian
+product, for callers that fuse SSIM into a larger autograd node (``utils/training_loss.py``).
 """
 from __future__ import annotations
 
 import functools
 import importlib
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
@@ -20,7 +23,7 @@ from torch import Tensor
 from . import reference
 from .reference import check_images
 
-__all__ = ["ssim", "fused_ssim", "ssim_map", "cuda_available", "reference"]
+__all__ = ["ssim", "fused_ssim", "ssim_map", "ssim_vjp", "cuda_available", "reference"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,6 +80,30 @@ def fused_ssim(img1: Tensor, img2: Tensor, train: bool = True) -> Tensor:
         with torch.no_grad():
             return reference.ssim(img1, img2)
     return reference.ssim(img1, img2)
+
+
+def ssim_vjp(img1: Tensor, img2: Tensor) -> Tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``(mean SSIM (0-d), vjp)`` without autograd: ``vjp(grad_out)`` (a 0-d tensor) returns
+    ``grad_out * d mean SSIM / d img1``, shaped like ``img1``. The fused kernels serve float32 CUDA
+    images; elsewhere the reference's closed-form gradient (computed here, scaled by ``vjp``)."""
+    check_images(img1, img2)
+    with torch.no_grad():
+        if _use_kernel(img1, img2):
+            from . import _C
+
+            x, y = img1.detach().contiguous(), img2.detach().contiguous()
+            smap, dm, d11, d12 = _C.forward(x, y, True)
+
+            def kernel_vjp(grad_out: Tensor) -> Tensor:
+                return _C.backward(grad_out.detach(), x, y, dm, d11, d12)
+
+            return smap.mean(), kernel_vjp
+        value, grad = reference.ssim_with_grad(img1, img2)
+
+    def reference_vjp(grad_out: Tensor) -> Tensor:
+        return grad * grad_out.detach().to(grad.dtype)
+
+    return value, reference_vjp
 
 
 def ssim(img1: Tensor, img2: Tensor) -> Tensor:

@@ -1,0 +1,160 @@
+"""The per-iteration training loss of GaussianAvatars (SPEC 5) as one autograd node.
+
+:func:`training_terms` returns the four weighted terms
+
+    [ (1 - lambda_dssim) L1(image, gt),
+      lambda_dssim (1 - SSIM(image, gt)),
+      lambda_xyz   mean_vis relu(|mu_local| - threshold_xyz),
+      lambda_scale mean_vis |relu(exp(s) - threshold_scale)| ]
+
+as one ``(4,)`` tensor whose backward is written out by hand (the SSIM part through
+``ga_ssim.ssim_vjp``: the fused kernels on CUDA). Composed from autograd operators the same loss
+is ~35 recorded operators forward and ~25 autograd nodes backward, each a kernel launch and
+Python/dispatcher work per iteration; here it is ~15 plain operators forward and ~15 backward.
+``mean_vis`` is the mean over the visible splats (``mask``), with no host synchronisation. The
+same values and gradients as :func:`composed_terms`, which spells the loss out with autograd
+operators and is what the tests hold this node to.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["LossWeights", "TERM_NAMES", "training_terms", "composed_terms"]
+
+TERM_NAMES = ("l1", "ssim", "xyz", "scale")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights and thresholds of the four terms (a zero weight drops its term's work)."""
+
+    l1: float
+    ssim: float
+    xyz: float = 0.0
+    xyz_threshold: float = 1.0
+    scale: float = 0.0
+    scale_threshold: float = 0.6
+
+
+@functools.lru_cache(maxsize=32)
+def _coefficients(weights: LossWeights, device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """``(scale, offset)`` with ``terms = offset + scale * [L1, SSIM, xyz mean, scale mean]``."""
+    scale = torch.tensor([weights.l1, -weights.ssim, weights.xyz, weights.scale], dtype=dtype, device=device)
+    offset = torch.tensor([0.0, weights.ssim, 0.0, 0.0], dtype=dtype, device=device)
+    return scale, offset
+
+
+def _visible_weights(mask: Optional[Tensor], n: int, like: Tensor) -> Tensor:
+    """``w_i / max(sum w, 1)`` for the bool mask (all ones without a mask): the visible mean."""
+    if mask is None:
+        return torch.full((n,), 1.0 / max(n, 1), dtype=like.dtype, device=like.device)
+    w = mask.reshape(-1).to(like.dtype)
+    return w / w.sum().clamp_min(1.0)
+
+
+class _TrainingTerms(torch.autograd.Function):
+    """Forward: the four weighted terms; backward: gradients for image, xyz and scaling."""
+
+    @staticmethod
+    def forward(ctx: Any, image: Tensor, gt: Tensor, xyz: Optional[Tensor], scaling: Optional[Tensor],
+                mask: Optional[Tensor], weights: LossWeights) -> Tensor:
+        scale_vec, offset_vec = _coefficients(weights, image.device, image.dtype)
+        zero = image.new_zeros(())
+        diff = l1 = ssim_vjp = None
+        if weights.l1 != 0.0:
+            diff = image - gt
+            l1 = torch.linalg.vector_norm(diff, ord=1) / diff.numel()
+        s_mean = zero
+        if weights.ssim != 0.0:
+            from ga_ssim import ssim_vjp as _ssim_vjp
+
+            s_mean, ssim_vjp = _ssim_vjp(image, gt)
+        ctx.ssim_vjp = ssim_vjp
+        ctx.weights = weights
+        mean_w = None
+        if (xyz is not None and weights.xyz != 0.0) or (scaling is not None and weights.scale != 0.0):
+            n = (xyz if xyz is not None else scaling).shape[0]
+            mean_w = _visible_weights(mask, n, image)
+        x_mean = s_mean_reg = zero
+        norm = excess = exp_s = excess_s = norm_s = None
+        if xyz is not None and weights.xyz != 0.0:
+            norm = torch.linalg.vector_norm(xyz, dim=1)
+            excess = torch.relu(norm - weights.xyz_threshold)
+            x_mean = torch.dot(excess, mean_w)
+        if scaling is not None and weights.scale != 0.0:
+            exp_s = torch.exp(scaling)
+            excess_s = torch.relu(exp_s - weights.scale_threshold)
+            norm_s = torch.linalg.vector_norm(excess_s, dim=1)
+            s_mean_reg = torch.dot(norm_s, mean_w)
+        raw = torch.stack([l1 if l1 is not None else zero, s_mean, x_mean, s_mean_reg])
+        ctx.save_for_backward(diff, xyz, norm, excess, exp_s, excess_s, norm_s, mean_w, scale_vec)
+        return torch.addcmul(offset_vec, raw, scale_vec)
+
+    @staticmethod
+    def backward(ctx: Any, grad_terms: Tensor):  # noqa: D102
+        diff, xyz, norm, excess, exp_s, excess_s, norm_s, mean_w, scale_vec = ctx.saved_tensors
+        c = grad_terms * scale_vec  # (4,): upstream gradient times each term's weight (and sign)
+        grad_image = grad_xyz = grad_scaling = None
+        if ctx.needs_input_grad[0]:
+            if ctx.ssim_vjp is not None:
+                grad_image = ctx.ssim_vjp(c[1])
+            if diff is not None:
+                l1_part = torch.sign(diff).mul_(c[0] / diff.numel())
+                grad_image = l1_part if grad_image is None else grad_image.add_(l1_part)
+        tiny = torch.finfo(grad_terms.dtype).tiny
+        if ctx.needs_input_grad[2] and norm is not None:
+            # d/dmu relu(|mu| - t) = [|mu| > t] mu / |mu|   (relu'(0) = 0, as autograd)
+            q = torch.where(excess > 0, mean_w * c[2], 0.0) / norm.clamp_min(tiny)
+            grad_xyz = xyz * q[:, None]
+        if ctx.needs_input_grad[3] and norm_s is not None:
+            # d/ds |relu(exp(s) - t)| = relu(exp(s) - t) exp(s) / |relu(exp(s) - t)|
+            r = (mean_w * c[3]) / norm_s.clamp_min(tiny)
+            grad_scaling = (excess_s * exp_s) * r[:, None]
+        return grad_image, None, grad_xyz, grad_scaling, None, None
+
+
+def training_terms(image: Tensor, gt: Tensor, weights: LossWeights, xyz: Optional[Tensor] = None,
+                   scaling: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+    """The ``(4,)`` weighted terms (order :data:`TERM_NAMES`) in one autograd node.
+
+    ``image`` (3,H,W) the render, ``gt`` the ground truth (no gradient); ``xyz`` (N,3) the local
+    splat positions and ``scaling`` (N,3) the log scales (``None``: that term is 0); ``mask`` (N,)
+    bool, the splats the means run over (the visibility filter; ``None``: all).
+    """
+    if image.shape != gt.shape:
+        raise ValueError(f"training loss: image {tuple(image.shape)} and ground truth {tuple(gt.shape)} differ")
+    for name, t in (("xyz", xyz), ("scaling", scaling)):
+        if t is not None and (t.dim() != 2 or t.shape[1] != 3):
+            raise ValueError(f"training loss: {name} must be (N, 3), got {tuple(t.shape)}")
+    if xyz is not None and scaling is not None and xyz.shape[0] != scaling.shape[0]:
+        raise ValueError(f"training loss: xyz has {xyz.shape[0]} rows, scaling {scaling.shape[0]}")
+    if mask is not None:
+        n = (xyz if xyz is not None else scaling).shape[0] if (xyz is not None or scaling is not None) else None
+        if mask.dtype != torch.bool or (n is not None and mask.numel() != n):
+            raise ValueError(f"training loss: mask must be bool with one entry per splat, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")
+    return _TrainingTerms.apply(image, gt.detach(), xyz, scaling, mask, weights)
+
+
+def composed_terms(image: Tensor, gt: Tensor, weights: LossWeights, xyz: Optional[Tensor] = None,
+                   scaling: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+    """The same ``(4,)`` terms from autograd operators (the reference :func:`training_terms` is
+    tested against; SSIM from ``ga_ssim.reference``)."""
+    from ga_ssim import reference
+
+    zero = image.new_zeros(())
+    l1 = (image - gt).abs().mean() * weights.l1
+    ssim = (1.0 - reference.ssim(image, gt)) * weights.ssim
+    n = xyz.shape[0] if xyz is not None else (scaling.shape[0] if scaling is not None else 0)
+    w = mask.to(image.dtype) if mask is not None else image.new_ones(n)
+    count = w.sum().clamp_min(1.0)
+    x_term = zero if xyz is None else (torch.relu(xyz.norm(dim=1) - weights.xyz_threshold) * w).sum() / count \
+        * weights.xyz
+    s_term = zero if scaling is None else \
+        (torch.relu(torch.exp(scaling) - weights.scale_threshold).norm(dim=1) * w).sum() / count * weights.scale
+    return torch.stack([l1, ssim, x_term, s_term])
