@@ -51,6 +51,8 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
             "--position_lr_max_steps", str(max(iterations, 1)), "--save_iterations", str(10 ** 9)]
     if args.no_finetune:
         argv.append("--not_finetune_flame_params")
+    if getattr(args, "compile_flame", False):
+        argv += ["--compile_flame", "on"]
     parser = train.build_parser()
     ns = parser.parse_args(argv)
     from arguments import ModelParams, OptimizationParams, PipelineParams
@@ -88,6 +90,7 @@ def main() -> int:
     p.add_argument("--densify_until", type=int, default=100_000)
     p.add_argument("--opacity_reset", type=int, default=100_000)
     p.add_argument("--no_finetune", action="store_true", help="--not_finetune_flame_params")
+    p.add_argument("--compile_flame", action="store_true", help="train.py --compile_flame on")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--baseline_it_s", type=float, default=30.0,
                    help="it/s to compare against (default: the original's ~30 it/s on the H100; 0: none)")
@@ -96,6 +99,9 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench_training_")
     subject = args.subject or make_subject(work, args.width, args.height, args.timesteps)
     full = run_training(subject, os.path.join(work, "model_full"), args.iterations, args, timed=False)
+    compiled = getattr(full["trainer"].gaussians, "posing_compiled", False)
+    print(f"[bench] FLAME posing: {'torch.compile + ' if compiled else ''}CUDA graphs"
+          if getattr(full["trainer"].gaussians, "_graphed_pose", None) is not None else "[bench] FLAME posing: eager")
     print(f"[bench] {args.iterations} iterations in {full['wall_s']:.1f} s: {full['it_per_s']:.1f} it/s "
           f"(setup {full['setup_s']:.1f} s, {full['splats']} splats at the end, peak {full['peak_gib']:.2f} GiB)")
     if args.baseline_it_s > 0 and torch.cuda.is_available():

@@ -66,7 +66,7 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
     ``backward()`` its ``.grad`` holds the screen-space position gradient used for densification.
     ``bg_color`` must be a tensor of 3 values; it is moved to the model's device.
     """
-    from diff_gaussian_rasterization import GaussianRasterizationSettings, GaussianRasterizer
+    from diff_gaussian_rasterization import GaussianRasterizationSettings, rasterize_gaussians
 
     # Mesh-bound models give position, scale and rotation in one fused call (splat_binding).
     world_transform = getattr(pc, "world_transform", None)
@@ -101,7 +101,6 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
         cy=cy,
         backend=getattr(pipe, "backend", "auto"),
     )
-    rasterizer = GaussianRasterizer(raster_settings=settings)
 
     opacity = pc.get_opacity
     scales = rotations = cov3D_precomp = None
@@ -121,16 +120,9 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
     else:
         shs = pc.get_features
 
-    rendered_image, radii = rasterizer(
-        means3D=means3D,
-        means2D=screenspace_points,
-        shs=shs,
-        colors_precomp=colors_precomp,
-        opacities=opacity,
-        scales=scales,
-        rotations=rotations,
-        cov3D_precomp=cov3D_precomp,
-    )
+    # the function behind GaussianRasterizer.forward, without building an nn.Module per call
+    rendered_image, radii = rasterize_gaussians(means3D, screenspace_points, shs, colors_precomp, opacity, scales,
+                                                rotations, cov3D_precomp, settings)
     return {
         "render": rendered_image,
         "viewspace_points": screenspace_points,

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import torch
 
-__all__ = ["AdamStepper"]
+__all__ = ["AdamStepper", "fused_adam_step"]
 
 
 def _plain_fused_group(group: dict) -> bool:
@@ -41,41 +41,47 @@ class AdamStepper:
             self.optimizer.step()
 
     def _fast_step(self) -> bool:
-        """The update through the fused kernels; False (nothing changed) when some parameter has
-        no Adam state yet or a group's settings left the plain fused case."""
-        opt = self.optimizer
-        batches: List[tuple] = []
-        all_steps: List[torch.Tensor] = []
-        for group in opt.param_groups:
-            if not _plain_fused_group(group):
-                self.fast = False
-                return False
-            params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = opt.state.get(p)
-                if not state or "exp_avg" not in state or "step" not in state:
-                    return False  # Adam creates the state on its first step
-                if not isinstance(state["step"], torch.Tensor) or state["step"].device != p.device:
-                    return False  # a counter on another device (e.g. restored): Adam.step copes
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            if params:
-                batches.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
-                all_steps.extend(steps)
-        if not batches:
-            return True
-        torch._foreach_add_(all_steps, 1)
-        for group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                               lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=0.0,
-                               eps=float(group["eps"]), maximize=False, grad_scale=None, found_inf=None)
+        ok = fused_adam_step(self.optimizer)
+        if ok is None:
+            self.fast = False
+        return bool(ok)
+
+
+def fused_adam_step(opt: torch.optim.Optimizer) -> Optional[bool]:
+    """One Adam update of ``opt`` through the fused kernels. True when done; False (nothing
+    changed) when some parameter has no Adam state yet or a step counter sits on another device
+    than its parameter; None (nothing changed) when a group left the plain fused case."""
+    batches: List[tuple] = []
+    all_steps: List[torch.Tensor] = []
+    for group in opt.param_groups:
+        if not _plain_fused_group(group):
+            return None
+        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = opt.state.get(p)
+            if not state or "exp_avg" not in state or "step" not in state:
+                return False  # Adam creates the state on its first step
+            if not isinstance(state["step"], torch.Tensor) or state["step"].device != p.device:
+                return False  # a counter on another device (e.g. restored): Adam.step copes
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if params:
+            batches.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
+            all_steps.extend(steps)
+    if not batches:
         return True
+    torch._foreach_add_(all_steps, 1)
+    for group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=0.0,
+                           eps=float(group["eps"]), maximize=False, grad_scale=None, found_inf=None)
+    return True
 
 
 def _probe_matches(device: Optional[torch.device]) -> bool:
@@ -90,14 +96,12 @@ def _probe_matches(device: Optional[torch.device]) -> bool:
         b = torch.nn.Parameter(init.clone())
         ref = torch.optim.Adam([{"params": [a], "lr": 0.01}], lr=0.0, eps=1e-15, fused=True)
         fast = torch.optim.Adam([{"params": [b], "lr": 0.01}], lr=0.0, eps=1e-15, fused=True)
-        probe = AdamStepper.__new__(AdamStepper)
-        probe.optimizer, probe.fast = fast, True
         for i, g in enumerate(grads):
             a.grad, b.grad = g.clone(), g.clone()
             ref.step()
             if i == 0:
                 fast.step()  # the first step creates the state
-            elif not probe._fast_step():
+            elif not fused_adam_step(fast):
                 return False
         torch.cuda.synchronize(device)
         return bool(torch.equal(a.detach(), b.detach()))
