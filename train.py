@@ -49,6 +49,7 @@ from utils.checkpoint import (
     set_python_rng_state,
 )
 from utils.adam_step import AdamStepper
+from utils.loss_window import LossWindow
 from utils.general_utils import seed_everything
 
 LAST_GOOD_CHECKPOINT = "chkpnt_last_good.pth"
@@ -667,19 +668,16 @@ class Trainer:
             self.evaluate(0)
 
         viewer = self._start_viewer()
-        acc: Optional[torch.Tensor] = None
-        acc_keys: tuple = ()
-        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+        window = LossWindow(LOG_EVERY, self.device)  # loss rows on the device between host syncs
         ema_loss = 0.0
-        n_acc = 0
         bar = tqdm(desc="Training progress", disable=run.quiet, initial=self.first_iter, total=opt.iterations,
                    dynamic_ncols=True)
         iteration = self.first_iter
 
         def sync_check(at_iteration: int) -> None:
             """Raise NonFiniteLossError if a loss so far was NaN/Inf (one host sync)."""
-            bad = int(first_bad.item())
-            if bad >= 0:
+            bad = window.first_non_finite()
+            if bad is not None:
                 raise NonFiniteLossError(bad, self.last_good)
 
         with StopFlag() as stop:
@@ -720,26 +718,15 @@ class Trainer:
                         losses["total"].backward()
 
                     with torch.no_grad():
-                        total = losses["total"].detach()
-                        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(total),
-                                                torch.full_like(first_bad, iteration), first_bad)
-                        # one stacked accumulator for every loss term: two kernels per iteration
-                        keys = tuple(losses.keys())
-                        stacked = torch.stack([v.detach() for v in losses.values()])
-                        if acc_keys != keys or acc is None:
-                            acc, acc_keys, n_acc = stacked, keys, 0
-                        else:
-                            acc = acc + stacked
-                        n_acc += 1
-
+                        window.record(iteration, losses)  # one kernel; read back every LOG_EVERY
                         if iteration % LOG_EVERY == 0 or iteration == opt.iterations:
-                            sync_check(iteration)
-                            means = {k: v / n_acc for k, v in zip(acc_keys, acc.tolist())}
+                            means, bad = window.drain()
+                            if bad is not None:
+                                raise NonFiniteLossError(bad, self.last_good)
                             ema_loss = means["total"] if ema_loss == 0.0 else 0.4 * means["total"] + 0.6 * ema_loss
                             bar.set_postfix({"Loss": f"{ema_loss:.7f}", "#splats": g.get_xyz.shape[0]})
                             bar.update(iteration - bar.n)
                             self._log_scalars(iteration, means)
-                            acc, n_acc = None, 0
 
                         # As in the original: report and save before this iteration's densification
                         # (an opacity reset would otherwise be what the evaluation sees) and step.

@@ -2,6 +2,9 @@
 # The GPU measurements the open issues still need, in one device call each:
 #   bash scripts/gpu_session.sh demo    # build, GPU demo (802x550, 100 timesteps, 30k iterations)
 #   bash scripts/gpu_session.sh bench   # build, cuda tests, training/render/loading benchmarks
+#   bash scripts/gpu_session.sh ab [BASE_TREE]   # build, cuda tests, then training throughput of this
+#       tree (CUDA graphs; with --compile_flame) and of an older checkout of the Python code in
+#       BASE_TREE (same built CUDA packages), the rasterizer, and a steady-state profile if time is left
 # Logs and result files go to $OUT (or /tmp/gpu_session). Carry .whl (see scripts/gpu_check.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +14,8 @@ mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 stage=${1:-bench}
 skip_tests=1
-[ "$stage" = bench ] && skip_tests=0
+[ "$stage" = bench ] || [ "$stage" = ab ] && skip_tests=0
+t_start=$(date +%s)
 GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh > "$LOG/gpu_check.log" 2>&1 \
   || { echo "[gpu_session] build or cuda tests failed"; tail -40 "$LOG/gpu_check.log"; exit 1; }
 grep -E "passed|failed|built" "$LOG/gpu_check.log" | tail -5
@@ -37,5 +41,27 @@ case "$stage" in
     python3 benchmarks/bench_loading.py --timesteps 100 > "$LOG/bench_loading.log" 2>&1
     tail -2 "$LOG/bench_loading.log"
     ;;
-  *) echo "usage: bash scripts/gpu_session.sh demo|bench"; exit 2 ;;
+  ab)
+    common=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
+            --densify_until 5000 --opacity_reset 10000)
+    python3 benchmarks/bench_training.py "${common[@]}" > "$LOG/ab_new.log" 2>&1
+    echo "[ab] this tree:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_new.log"
+    python3 benchmarks/bench_training.py "${common[@]}" --compile_flame > "$LOG/ab_compile.log" 2>&1
+    echo "[ab] this tree, --compile_flame on:"; grep -E "^\[bench\]|^  [a-z]|note" "$LOG/ab_compile.log"
+    base=${2:-}
+    if [ -n "$base" ] && [ -d "$base" ]; then
+      (cd "$base" && python3 benchmarks/bench_training.py "${common[@]}" > "$LOG/ab_base.log" 2>&1)
+      echo "[ab] base tree $base:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_base.log"
+    fi
+    python3 benchmarks/bench_rasterizer.py --backend cuda > "$LOG/bench_rasterizer.log" 2>&1
+    tail -4 "$LOG/bench_rasterizer.log"
+    left=$(( ${GPU_SESSION_BUDGET_S:-570} - ($(date +%s) - t_start) ))
+    if [ "$left" -gt 60 ]; then
+      timeout "$left" python3 benchmarks/profile_training.py --iterations 100 --trace /tmp/trace.json.gz \
+        --trace_iterations 30 --trace_skip 150 > "$LOG/profile.log" 2>&1 \
+        && python3 benchmarks/trace_summary.py /tmp/trace.json.gz --iterations 30 --rows 60 > "$LOG/trace_summary.txt" 2>&1
+      head -1 "$LOG/trace_summary.txt" 2>/dev/null
+    fi
+    ;;
+  *) echo "usage: bash scripts/gpu_session.sh demo|bench|ab [BASE_TREE]"; exit 2 ;;
 esac
