@@ -16,9 +16,15 @@ stage=${1:-bench}
 skip_tests=1
 [ "$stage" = bench ] || [ "$stage" = ab ] && skip_tests=0
 t_start=$(date +%s)
-GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh > "$LOG/gpu_check.log" 2>&1 \
-  || { echo "[gpu_session] build or cuda tests failed"; tail -40 "$LOG/gpu_check.log"; exit 1; }
+GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh > "$LOG/gpu_check.log" 2>&1
+check_rc=$?
 grep -E "passed|failed|built" "$LOG/gpu_check.log" | tail -5
+if [ $check_rc -ne 0 ]; then
+  echo "[gpu_session] build or cuda tests failed"; grep -E "^FAILED|^ERROR|Error" "$LOG/gpu_check.log" | head -30
+  # a failed build stops here; failed tests still leave the benchmarks to run (their figures are
+  # reported beside the failures)
+  ls submodules/*/*/*.so >/dev/null 2>&1 || exit 1
+fi
 for d in "$ROOT"/submodules/*/; do [ -f "$d/setup.py" ] && PYTHONPATH=${d%/}:${PYTHONPATH:-}; done
 export PYTHONPATH=/tmp/site:$ROOT:${PYTHONPATH:-}
 case "$stage" in
