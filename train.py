@@ -106,7 +106,6 @@ class RunOptions:
     overwrite: bool = False
     deterministic: bool = False
     no_cuda_graphs: bool = False
-    compile_flame: str = "off"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunOptions":
@@ -159,10 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no_cuda_graphs", action="store_true", default=False,
                      help="on a GPU, run FLAME posing as eager kernels instead of replaying CUDA graphs "
                           "(default: False)")
-    run.add_argument("--compile_flame", choices=("on", "off"), default="off",
-                     help="on a GPU, compile FLAME posing and its backward with torch.compile (fused Triton "
-                          "kernels) before capturing its CUDA graphs; costs compile time at start, cached "
-                          "between runs (default: off)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="allow a model folder that already holds a run: its point_cloud/ and chkpnt*.pth "
                           "are deleted (default: False)")
@@ -519,10 +514,9 @@ class Trainer:
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         if (self.device.type == "cuda" and not run.no_cuda_graphs and is_bound(self.gaussians)
-                and self.gaussians.enable_cuda_graphs(compile_posing=run.compile_flame == "on")):
+                and self.gaussians.enable_cuda_graphs()):
             self.gaussians.enable_inference_graphs()  # evaluation poses without autograd
-            compiled = " of torch.compile'd kernels" if getattr(self.gaussians, "posing_compiled", False) else ""
-            self.log.info(f"FLAME posing runs as CUDA graphs{compiled} (--no_cuda_graphs to disable)")
+            self.log.info("FLAME posing runs as CUDA graphs (--no_cuda_graphs to disable)")
         self.log.info(f"Output folder: {self.model_path}")
         save_cfg_args(self.model_path, self._cfg_namespace(cli_args))
         self.tb = make_tb_writer(self.model_path, self.log)

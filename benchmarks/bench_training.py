@@ -41,7 +41,8 @@ def make_subject(out: str, width: int, height: int, timesteps: int) -> str:
     return subject
 
 
-def run_training(subject: str, model_dir: str, iterations: int, args: argparse.Namespace, timed: bool):
+def run_training(subject: str, model_dir: str, iterations: int, args: argparse.Namespace, timed: bool,
+                 evaluate: bool = False):
     import train
 
     argv = ["-s", subject, "-m", model_dir, "--eval", "--white_background", "--bind_to_mesh", "--quiet",
@@ -51,8 +52,6 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
             "--position_lr_max_steps", str(max(iterations, 1)), "--save_iterations", str(10 ** 9)]
     if args.no_finetune:
         argv.append("--not_finetune_flame_params")
-    if getattr(args, "compile_flame", False):
-        argv += ["--compile_flame", "on"]
     parser = train.build_parser()
     ns = parser.parse_args(argv)
     from arguments import ModelParams, OptimizationParams, PipelineParams
@@ -73,8 +72,11 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if trainer.device.type == "cuda" else float("nan")
+    if evaluate:  # score val/test after the timed loop (trainer.metrics[iterations])
+        trainer.evaluate(iterations)
     return dict(iterations=iterations, wall_s=wall, it_per_s=iterations / wall, setup_s=setup_s,
-                splats=result.num_points, peak_gib=peak, stage_ms=result.stage_ms, trainer=trainer)
+                splats=result.num_points, peak_gib=peak, stage_ms=result.stage_ms, trainer=trainer,
+                metrics=trainer.metrics.get(iterations, {}))
 
 
 def main() -> int:
@@ -90,7 +92,8 @@ def main() -> int:
     p.add_argument("--densify_until", type=int, default=100_000)
     p.add_argument("--opacity_reset", type=int, default=100_000)
     p.add_argument("--no_finetune", action="store_true", help="--not_finetune_flame_params")
-    p.add_argument("--compile_flame", action="store_true", help="train.py --compile_flame on")
+    p.add_argument("--evaluate", action="store_true",
+                   help="also score val/test PSNR/SSIM after the last iteration (not timed)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--baseline_it_s", type=float, default=30.0,
                    help="it/s to compare against (default: the original's ~30 it/s on the H100; 0: none)")
@@ -98,12 +101,14 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="bench_training_")
     subject = args.subject or make_subject(work, args.width, args.height, args.timesteps)
-    full = run_training(subject, os.path.join(work, "model_full"), args.iterations, args, timed=False)
-    compiled = getattr(full["trainer"].gaussians, "posing_compiled", False)
-    print(f"[bench] FLAME posing: {'torch.compile + ' if compiled else ''}CUDA graphs"
-          if getattr(full["trainer"].gaussians, "_graphed_pose", None) is not None else "[bench] FLAME posing: eager")
+    full = run_training(subject, os.path.join(work, "model_full"), args.iterations, args, timed=False,
+                        evaluate=args.evaluate)
+    print("[bench] FLAME posing: CUDA graphs" if getattr(full["trainer"].gaussians, "_graphed_pose", None) is not None
+          else "[bench] FLAME posing: eager")
     print(f"[bench] {args.iterations} iterations in {full['wall_s']:.1f} s: {full['it_per_s']:.1f} it/s "
           f"(setup {full['setup_s']:.1f} s, {full['splats']} splats at the end, peak {full['peak_gib']:.2f} GiB)")
+    for split, m in full["metrics"].items():
+        print(f"[bench] {split} at iteration {args.iterations}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}")
     if args.baseline_it_s > 0 and torch.cuda.is_available():
         print(f"[bench] x{full['it_per_s'] / args.baseline_it_s:.1f} the stated baseline of {args.baseline_it_s:g} it/s "
               "(the original GaussianAvatars on this subject, H100, issue 11; not run here)")

@@ -161,7 +161,6 @@ class FlameGaussianModel(GaussianModel):
         self.face_scaling: Optional[torch.Tensor] = None
         self._laplacian: Optional[torch.Tensor] = None
         self._graphed_pose: Optional[Any] = None
-        self.posing_compiled = False  # set by enable_cuda_graphs(compile_posing=True) when it took
         self._graphed_requires_grad: Tuple[bool, ...] = ()
         self._graphed_inputs: Tuple[torch.Tensor, ...] = ()
         self._graph_t: Optional[torch.Tensor] = None
@@ -330,19 +329,16 @@ class FlameGaussianModel(GaussianModel):
             static_offset, pick(dynamic_offset))
         return verts.detach(), verts_cano.detach(), center, R, quat, k
 
-    def enable_cuda_graphs(self, compile_posing: bool = False) -> bool:
+    def enable_cuda_graphs(self) -> bool:
         """Capture FLAME posing plus the per-face frames (forward and backward) as CUDA graphs.
 
         The per-iteration mesh update is a few hundred small kernels whose launch cost, not their
         arithmetic, limits training speed; replaying a graph launches them at once. The graph
         reads the live FLAME parameter tensors (all frames; Adam updates them in place) at a
         frame index held in a device tensor, so a replay needs no input copies, and its backward
-        writes the parameters' gradients directly. With ``compile_posing`` the function and its
-        backward are first compiled by ``torch.compile`` (fused Triton kernels: far fewer graph
-        nodes); if compiling fails the plain function is captured instead, with a note. The
-        captured function is checked against the eager one before use; on any problem this
-        returns False and the eager path stays. Only the training path (autograd on, the
-        parameters captured) uses the graph."""
+        writes the parameters' gradients directly. The captured function is checked against the
+        eager one before use; on any problem this returns False and the eager path stays. Only
+        the training path (autograd on, the parameters captured) uses the graph."""
         if self.device.type != "cuda" or self.flame_param is None or self.num_timesteps < 1:
             return False
         # The capture warms up on a side stream; autograd's notice about that stream mismatch
@@ -353,13 +349,9 @@ class FlameGaussianModel(GaussianModel):
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
         full = self._full_pose_args(self.flame_param)
         t_index = torch.full((1,), self.num_timesteps - 1, dtype=torch.long, device=self.device)
-        graphed = None
-        if compile_posing:
-            graphed = self._capture_compiled_posing(t_index, full)
         try:
-            if graphed is None:
-                graphed = torch.cuda.make_graphed_callables(self._pose_frames_at, (t_index,) + full,
-                                                            allow_unused_input=True)
+            graphed = torch.cuda.make_graphed_callables(self._pose_frames_at, (t_index,) + full,
+                                                        allow_unused_input=True)
             with torch.no_grad():
                 eager = self._pose_frames(*self._pose_args(self.flame_param, slice(self.num_timesteps - 1, None)))
             replay = graphed(t_index, *full)
@@ -367,28 +359,14 @@ class FlameGaussianModel(GaussianModel):
         except (RuntimeError, TypeError, ValueError) as exc:
             print(f"note: CUDA graphs for FLAME posing unavailable ({exc}); using eager kernels")
             return False
-        if not all(_close_to(a, b.detach()) for a, b in zip(eager, replay)):
+        if not all(torch.allclose(a, b.detach(), rtol=1e-4, atol=1e-6) for a, b in zip(eager, replay)):
             print("note: CUDA-graph FLAME posing disagrees with the eager path; using eager kernels")
             return False
         self._graphed_pose = graphed
         self._graphed_inputs = full
         self._graph_t = t_index
         self._graphed_requires_grad = tuple(a.requires_grad for a in full)
-        self.posing_compiled = compile_posing and getattr(graphed, "_ga_compiled", False)
         return True
-
-    def _capture_compiled_posing(self, t_index: torch.Tensor, full: Tuple[torch.Tensor, ...]):
-        """The graphed callable of ``torch.compile(_pose_frames_at)``, or None (with a note) when
-        compiling or capturing it fails; the plain function is captured then."""
-        try:
-            compiled = torch.compile(self._pose_frames_at, dynamic=False, fullgraph=True)
-            graphed = torch.cuda.make_graphed_callables(compiled, (t_index,) + full, allow_unused_input=True)
-        except Exception as exc:  # noqa: BLE001  compiler failures come in many types; the plain graph stays
-            print(f"note: torch.compile of FLAME posing failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                  "capturing the uncompiled function")
-            return None
-        graphed._ga_compiled = True
-        return graphed
 
     def _graph_usable(self, fp: Mapping[str, torch.Tensor]) -> bool:
         """The training graph serves when it was captured on exactly these parameter tensors,
@@ -745,15 +723,6 @@ class FlameGaussianModel(GaussianModel):
         if self.binding.shape[0] != self.num_points:
             raise ValueError(f"checkpoint has {self.num_points} splats but {self.binding.shape[0]} bindings")
         self._restore_optimizer(model_args, training_args)
-
-
-def _close_to(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``a`` equals ``b`` within float32 rounding relative to ``b``'s magnitude (compiled kernels
-    reassociate sums and products, so entries near zero differ by more than their own size)."""
-    if a.shape != b.shape:
-        return False
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    return bool((a - b).abs().max() <= 1e-4 * scale + 1e-6) if b.numel() else True
 
 
 class _InferencePoseGraph:

@@ -3,8 +3,8 @@
 #   bash scripts/gpu_session.sh demo    # build, GPU demo (802x550, 100 timesteps, 30k iterations)
 #   bash scripts/gpu_session.sh bench   # build, cuda tests, training/render/loading benchmarks
 #   bash scripts/gpu_session.sh ab [BASE_TREE]   # build, cuda tests, then training throughput of this
-#       tree (CUDA graphs; with --compile_flame) and of an older checkout of the Python code in
-#       BASE_TREE (same built CUDA packages), the rasterizer, and a steady-state profile if time is left
+#       tree and of an older checkout of the Python code in BASE_TREE (same built CUDA packages),
+#       the rasterizer, and a steady-state profile if time is left
 # Logs and result files go to $OUT (or /tmp/gpu_session). Carry .whl (see scripts/gpu_check.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,10 @@ stage=${1:-bench}
 skip_tests=1
 [ "$stage" = bench ] || [ "$stage" = ab ] && skip_tests=0
 t_start=$(date +%s)
-GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh > "$LOG/gpu_check.log" 2>&1
+# GPU_SESSION_TESTS: test files to run instead of every cuda test (word-split)
+# shellcheck disable=SC2086
+GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip_tests OUT=$LOG bash scripts/gpu_check.sh ${GPU_SESSION_TESTS:-} \
+  > "$LOG/gpu_check.log" 2>&1
 check_rc=$?
 grep -E "passed|failed|built" "$LOG/gpu_check.log" | tail -5
 if [ $check_rc -ne 0 ]; then
@@ -49,16 +52,15 @@ case "$stage" in
     ;;
   ab)
     common=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
-            --densify_until 5000 --opacity_reset 10000)
+            --densify_until 5000 --opacity_reset 10000 --evaluate)
     python3 benchmarks/bench_training.py "${common[@]}" > "$LOG/ab_new.log" 2>&1
     echo "[ab] this tree:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_new.log"
-    python3 benchmarks/bench_training.py "${common[@]}" --compile_flame > "$LOG/ab_compile.log" 2>&1
-    echo "[ab] this tree, --compile_flame on:"; grep -E "^\[bench\]|^  [a-z]|note" "$LOG/ab_compile.log"
     base=${2:-}
     if [ -n "$base" ] && [ -d "$base" ]; then
       (cd "$base" && python3 benchmarks/bench_training.py "${common[@]}" > "$LOG/ab_base.log" 2>&1)
       echo "[ab] base tree $base:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_base.log"
     fi
+    [ "${GPU_SESSION_EXTRAS:-1}" = 1 ] || exit 0   # 0: skip the rasterizer benchmark and the profile
     python3 benchmarks/bench_rasterizer.py --backend cuda > "$LOG/bench_rasterizer.log" 2>&1
     tail -4 "$LOG/bench_rasterizer.log"
     left=$(( ${GPU_SESSION_BUDGET_S:-570} - ($(date +%s) - t_start) ))

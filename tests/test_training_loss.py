@@ -197,3 +197,32 @@ def test_cuda_training_terms_do_not_synchronise():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(terms).all().item()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("weights", [W, LossWeights(l1=1.0, ssim=0.0), LossWeights(l1=0.0, ssim=1.0, scale=2.0),
+                                     LossWeights(l1=0.8, ssim=0.2)])
+def test_cuda_native_path_matches_composition(weights):
+    """The C++ path (ga_ssim._C.training_terms_*), float32, against the composition in float64:
+    every weight pattern, a zero-norm and an on-threshold splat, some / no / all splats visible."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from utils.training_loss import native_module
+
+    assert native_module() is not None, "ga_ssim._C lacks training_terms_forward (rebuild the package)"
+    image, gt, xyz, scaling, mask = _inputs(n=64, h=37, w=41, dtype=torch.float32, device="cuda", seed=17)
+    with torch.no_grad():
+        xyz[0] = 0.0
+        xyz[1] = torch.tensor([1.0, 0.0, 0.0], device="cuda")  # |mu| = 1 exactly in float32 and float64
+    up = torch.tensor([1.0, -0.5, 2.0, 0.75], device="cuda")
+    for m in (mask, torch.zeros_like(mask), None):
+        t_f, g_f = _grads(training_terms, image, gt, xyz, scaling, m, weights, up)
+        d64 = [t.detach().double().requires_grad_(t.requires_grad) for t in (image, gt, xyz, scaling)]
+        t_r, g_r = _grads(composed_terms, d64[0], d64[1], d64[2], d64[3], m, weights, up.double())
+        torch.testing.assert_close(t_f.double(), t_r, rtol=1e-4, atol=1e-6)
+        for a, b in zip(g_f, g_r):
+            if a is None:
+                assert b is None or not b.abs().any()
+                continue
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4 * max(float(b.abs().max()), 1e-6))

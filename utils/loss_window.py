@@ -47,7 +47,7 @@ class LossWindow:
         if n == self.buffer.shape[0]:
             self.buffer = torch.cat([self.buffer, torch.empty_like(self.buffer)])
         with torch.no_grad():
-            torch.stack([v.to(torch.float32) for v in losses.values()], out=self.buffer[n])
+            torch.stack([v if v.dtype is torch.float32 else v.float() for v in losses.values()], out=self.buffer[n])
         self.iterations.append(int(iteration))
 
     def _rows(self) -> List[List[float]]:

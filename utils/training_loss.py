@@ -7,10 +7,12 @@
       lambda_xyz   mean_vis relu(|mu_local| - threshold_xyz),
       lambda_scale mean_vis |relu(exp(s) - threshold_scale)| ]
 
-as one ``(4,)`` tensor whose backward is written out by hand (the SSIM part through
-``ga_ssim.ssim_vjp``: the fused kernels on CUDA). Composed from autograd operators the same loss
-is ~35 recorded operators forward and ~25 autograd nodes backward, each a kernel launch and
-Python/dispatcher work per iteration; here it is ~15 plain operators forward and ~15 backward.
+as one ``(4,)`` tensor whose backward is written out by hand. Composed from autograd operators
+the same loss is ~35 recorded operators forward and ~25 autograd nodes backward, each a kernel
+launch and Python/dispatcher work per iteration. Float32 CUDA tensors take the native path:
+``ga_ssim._C.training_terms_forward/backward``, the same operators called from C++ around the
+fused SSIM kernels (the loop is host-bound; Python costs more per operator than the kernel
+runs). Elsewhere the operators below run from Python, SSIM through ``ga_ssim.ssim_vjp``.
 ``mean_vis`` is the mean over the visible splats (``mask``), with no host synchronisation. The
 same values and gradients as :func:`composed_terms`, which spells the loss out with autograd
 operators and is what the tests hold this node to.
@@ -24,7 +26,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["LossWeights", "TERM_NAMES", "training_terms", "composed_terms"]
+__all__ = ["LossWeights", "TERM_NAMES", "training_terms", "composed_terms", "native_module"]
 
 TERM_NAMES = ("l1", "ssim", "xyz", "scale")
 
@@ -57,6 +59,24 @@ def _visible_weights(mask: Optional[Tensor], n: int, like: Tensor) -> Tensor:
     return w / w.sum().clamp_min(1.0)
 
 
+@functools.lru_cache(maxsize=1)
+def native_module() -> Any:
+    """``ga_ssim._C`` when it is built with the training-loss entry points, else None."""
+    try:
+        from ga_ssim import _C
+    except ImportError:
+        return None
+    return _C if hasattr(_C, "training_terms_forward") else None
+
+
+def _native_for(image: Tensor, gt: Tensor, *splat_tensors: Optional[Tensor]) -> Any:
+    if not (image.is_cuda and image.dtype == torch.float32 and gt.dtype == torch.float32 and gt.is_cuda):
+        return None
+    if any(t is not None and (not t.is_cuda or t.dtype != torch.float32) for t in splat_tensors):
+        return None
+    return native_module()
+
+
 class _TrainingTerms(torch.autograd.Function):
     """Forward: the four weighted terms; backward: gradients for image, xyz and scaling."""
 
@@ -64,6 +84,17 @@ class _TrainingTerms(torch.autograd.Function):
     def forward(ctx: Any, image: Tensor, gt: Tensor, xyz: Optional[Tensor], scaling: Optional[Tensor],
                 mask: Optional[Tensor], weights: LossWeights) -> Tensor:
         scale_vec, offset_vec = _coefficients(weights, image.device, image.dtype)
+        native = _native_for(image, gt, xyz, scaling)
+        ctx.native = native
+        if native is not None:
+            empty = image.new_empty(0)
+            out = native.training_terms_forward(
+                image, gt, empty if xyz is None else xyz, empty if scaling is None else scaling,
+                empty if mask is None else mask, scale_vec, offset_vec, weights.l1, weights.ssim, weights.xyz,
+                weights.xyz_threshold, weights.scale, weights.scale_threshold)
+            # diff, x, y, dm, d11, d12, norm, excess, exp_s, excess_s, norm_s, mean_w (empty: not computed)
+            ctx.save_for_backward(scale_vec, xyz if xyz is not None else empty, *out[1:])
+            return out[0]
         zero = image.new_zeros(())
         diff = l1 = ssim_vjp = None
         if weights.l1 != 0.0:
@@ -97,6 +128,13 @@ class _TrainingTerms(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_terms: Tensor):  # noqa: D102
+        if ctx.native is not None:
+            scale_vec, xyz, diff, x, y, dm, d11, d12, norm, excess, exp_s, excess_s, norm_s, mean_w = ctx.saved_tensors
+            grads = ctx.native.training_terms_backward(
+                grad_terms.contiguous(), scale_vec, diff, x, y, dm, d11, d12, xyz, norm, excess, exp_s, excess_s,
+                norm_s, mean_w, ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+            g_image, g_xyz, g_scaling = (g if g.numel() else None for g in grads)
+            return g_image, None, g_xyz, g_scaling, None, None
         diff, xyz, norm, excess, exp_s, excess_s, norm_s, mean_w, scale_vec = ctx.saved_tensors
         c = grad_terms * scale_vec  # (4,): upstream gradient times each term's weight (and sign)
         grad_image = grad_xyz = grad_scaling = None
