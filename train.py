@@ -301,11 +301,18 @@ def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, 
 
     bound = is_bound(gaussians)
     vis = visibility_filter
-    fuse_xyz = bound and opt.lambda_xyz != 0 and not opt.metric_xyz
-    fuse_scale = bound and opt.lambda_scale != 0 and not opt.metric_scale
+    use_fused = _fused_terms_available()
+    fuse_xyz = use_fused and bound and opt.lambda_xyz != 0 and not opt.metric_xyz
+    fuse_scale = use_fused and bound and opt.lambda_scale != 0 and not opt.metric_scale
     losses: Dict[str, torch.Tensor] = {}
+    outside: List[torch.Tensor] = []  # terms from autograd operators, added to the fused node's sum
+
+    def composed(name: str, value: torch.Tensor) -> None:
+        losses[name] = value
+        outside.append(value)
+
     fused = None
-    if _fused_terms_available():
+    if use_fused:
         from utils.training_loss import LossWeights, training_terms
 
         weights = LossWeights(l1=1.0 - opt.lambda_dssim, ssim=opt.lambda_dssim,
@@ -315,28 +322,30 @@ def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, 
                                scaling=gaussians._scaling if fuse_scale else None, mask=vis if bound else None)
         losses["l1"], losses["ssim"] = fused[0], fused[1]
     else:
-        fuse_xyz = fuse_scale = False
-        losses["l1"] = loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim)
-        losses["ssim"] = (1.0 - loss_utils.ssim(image, gt_image)) * opt.lambda_dssim
+        composed("l1", loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim))
+        composed("ssim", (1.0 - loss_utils.ssim(image, gt_image)) * opt.lambda_dssim)
     if bound:
-        if opt.lambda_xyz != 0:
-            losses["xyz"] = fused[2] if fuse_xyz else \
-                gaussians.compute_xyz_loss(opt.threshold_xyz, metric=opt.metric_xyz, mask=vis) * opt.lambda_xyz
-        if opt.lambda_scale != 0:
-            losses["scale"] = fused[3] if fuse_scale else \
-                gaussians.compute_scale_loss(opt.threshold_scale, metric=opt.metric_scale, mask=vis) * opt.lambda_scale
+        if fuse_xyz:
+            losses["xyz"] = fused[2]
+        elif opt.lambda_xyz != 0:
+            composed("xyz", gaussians.compute_xyz_loss(opt.threshold_xyz, metric=opt.metric_xyz, mask=vis)
+                     * opt.lambda_xyz)
+        if fuse_scale:
+            losses["scale"] = fused[3]
+        elif opt.lambda_scale != 0:
+            composed("scale", gaussians.compute_scale_loss(opt.threshold_scale, metric=opt.metric_scale, mask=vis)
+                     * opt.lambda_scale)
         if opt.lambda_dynamic_offset != 0:
-            losses["dy_off"] = gaussians.compute_dynamic_offset_loss() * opt.lambda_dynamic_offset
+            composed("dy_off", gaussians.compute_dynamic_offset_loss() * opt.lambda_dynamic_offset)
         if opt.lambda_dynamic_offset_std != 0:
-            losses["dynamic_offset_std"] = gaussians.compute_dynamic_offset_std_loss() * opt.lambda_dynamic_offset_std
+            composed("dynamic_offset_std",
+                     gaussians.compute_dynamic_offset_std_loss() * opt.lambda_dynamic_offset_std)
         if opt.lambda_laplacian != 0:
-            losses["lap"] = gaussians.compute_laplacian_loss() * opt.lambda_laplacian
-    if fused is not None:
-        unfused = [v for k, v in losses.items() if k not in ("l1", "ssim") and not (k == "xyz" and fuse_xyz)
-                   and not (k == "scale" and fuse_scale)]
-        losses["total"] = fused.sum() + sum(unfused) if unfused else fused.sum()
-    else:
-        losses["total"] = sum(losses.values())
+            composed("lap", gaussians.compute_laplacian_loss() * opt.lambda_laplacian)
+    total = fused.sum() if fused is not None else None
+    for value in outside:
+        total = value if total is None else total + value
+    losses["total"] = total
     return losses
 
 

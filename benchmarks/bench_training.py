@@ -49,7 +49,8 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
             "--iterations", str(iterations), "--port", "0", "--interval", "0", "--overwrite",
             "--densify_from_iter", str(args.densify_from), "--densification_interval", str(args.densify_every),
             "--densify_until_iter", str(args.densify_until), "--opacity_reset_interval", str(args.opacity_reset),
-            "--position_lr_max_steps", str(max(iterations, 1)), "--save_iterations", str(10 ** 9)]
+            "--position_lr_max_steps", str(max(iterations, 1)), "--save_iterations", str(10 ** 9),
+            "--seed", str(getattr(args, "seed", 0))]
     if args.no_finetune:
         argv.append("--not_finetune_flame_params")
     parser = train.build_parser()
@@ -92,6 +93,7 @@ def main() -> int:
     p.add_argument("--densify_until", type=int, default=100_000)
     p.add_argument("--opacity_reset", type=int, default=100_000)
     p.add_argument("--no_finetune", action="store_true", help="--not_finetune_flame_params")
+    p.add_argument("--seed", type=int, default=0, help="train.py --seed")
     p.add_argument("--evaluate", action="store_true",
                    help="also score val/test PSNR/SSIM after the last iteration (not timed)")
     p.add_argument("--json", default=None, help="also write the figures to this file")

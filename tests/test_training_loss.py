@@ -226,3 +226,59 @@ def test_cuda_native_path_matches_composition(weights):
                 continue
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4 * max(float(b.abs().max()), 1e-6))
+
+
+def test_train_compute_losses_without_ga_ssim_matches(monkeypatch):
+    """Where ga_ssim is not importable, compute_losses composes every term from autograd
+    operators: same keys, values and gradients as the fused node."""
+    import train
+    from arguments import OptimizationParams
+    from test_flame_gaussian_model import make_model, randomize
+
+    g = make_model()
+    randomize(g, seed=6)
+    for p in (g._xyz, g._scaling):
+        p.requires_grad_(True)
+    opt = OptimizationParams()
+    gen = torch.Generator().manual_seed(8)
+    image = torch.rand(3, 9, 11, generator=gen, requires_grad=True)
+    gt = torch.rand(3, 9, 11, generator=gen)
+    vis = torch.rand(g.num_points, generator=gen) > 0.5
+
+    fused = train.compute_losses(image, gt, g, opt, vis, 1)
+    want = torch.autograd.grad(fused["total"], [image, g._xyz, g._scaling])
+    monkeypatch.setattr(train, "_fused_terms_available", lambda: False)
+    plain = train.compute_losses(image, gt, g, opt, vis, 1)
+    assert list(plain) == list(fused)
+    for k in fused:
+        torch.testing.assert_close(plain[k].detach(), fused[k].detach(), rtol=1e-5, atol=1e-7)
+    got = torch.autograd.grad(plain["total"], [image, g._xyz, g._scaling])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_train_compute_losses_adds_the_offset_terms_to_the_total():
+    """Offset regularisers (autograd operators) join the fused node's sum: the total is the sum
+    of every listed term, and their gradients reach the FLAME offsets."""
+    import train
+    from arguments import OptimizationParams
+    from test_flame_gaussian_model import make_model, randomize
+
+    g = make_model()
+    randomize(g, seed=9)
+    with torch.no_grad():
+        g.flame_param["dynamic_offset"].normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
+    g.flame_param["dynamic_offset"].requires_grad_(True)
+    opt = OptimizationParams()
+    opt.lambda_dynamic_offset, opt.lambda_dynamic_offset_std = 0.5, 0.25
+    gen = torch.Generator().manual_seed(10)
+    image = torch.rand(3, 9, 11, generator=gen, requires_grad=True)
+    gt = torch.rand(3, 9, 11, generator=gen)
+    vis = torch.ones(g.num_points, dtype=torch.bool)
+    losses = train.compute_losses(image, gt, g, opt, vis, 1)
+    assert list(losses) == ["l1", "ssim", "xyz", "scale", "dy_off", "dynamic_offset_std", "total"]
+    parts = sum(v.detach() for k, v in losses.items() if k != "total")
+    torch.testing.assert_close(losses["total"].detach(), parts, rtol=1e-6, atol=1e-8)
+    assert float(losses["dy_off"].detach()) > 0
+    (grad,) = torch.autograd.grad(losses["total"], g.flame_param["dynamic_offset"])
+    assert grad.abs().sum() > 0
