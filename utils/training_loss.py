@@ -106,7 +106,6 @@ class _TrainingTerms(torch.autograd.Function):
 
             s_mean, ssim_vjp = _ssim_vjp(image, gt)
         ctx.ssim_vjp = ssim_vjp
-        ctx.weights = weights
         mean_w = None
         if (xyz is not None and weights.xyz != 0.0) or (scaling is not None and weights.scale != 0.0):
             n = (xyz if xyz is not None else scaling).shape[0]
