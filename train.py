@@ -24,6 +24,7 @@ untrained model.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import math
 import os
@@ -282,6 +283,7 @@ def gt_image_on(cam: Any, device: torch.device) -> torch.Tensor:
     return img.float().div_(255.0)
 
 
+@functools.lru_cache(maxsize=1)
 def _fused_terms_available() -> bool:
     try:
         import ga_ssim  # noqa: F401  (its reference serves where the kernels are not built)

@@ -4,19 +4,24 @@ import pytest
 import torch
 
 
+def random_meshes(seed: int, timesteps: int = 3) -> dict:
+    """Random FLAME parameters for ``timesteps`` frames (the ``load_meshes`` input)."""
+    rng = np.random.default_rng(seed)
+    return {t: {"shape": rng.normal(size=300).astype(np.float32) * 0.5,
+                "expr": rng.normal(size=(1, 100)).astype(np.float32) * 0.5,
+                "rotation": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
+                "neck_pose": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
+                "jaw_pose": np.abs(rng.normal(size=(1, 3))).astype(np.float32) * 0.1,
+                "eyes_pose": rng.normal(size=(1, 6)).astype(np.float32) * 0.1,
+                "translation": rng.normal(size=(1, 3)).astype(np.float32) * 0.01} for t in range(timesteps)}
+
+
 @pytest.mark.cuda
 def test_graphed_posing_matches_eager(flame_assets):
     from arguments import OptimizationParams
     from scene.flame_gaussian_model import FlameGaussianModel
 
-    rng = np.random.default_rng(0)
-    meshes = {t: {"shape": rng.normal(size=300).astype(np.float32) * 0.5,
-                  "expr": rng.normal(size=(1, 100)).astype(np.float32) * 0.5,
-                  "rotation": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
-                  "neck_pose": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
-                  "jaw_pose": np.abs(rng.normal(size=(1, 3))).astype(np.float32) * 0.1,
-                  "eyes_pose": rng.normal(size=(1, 6)).astype(np.float32) * 0.1,
-                  "translation": rng.normal(size=(1, 3)).astype(np.float32) * 0.01} for t in range(3)}
+    meshes = random_meshes(seed=0)
 
     def build():
         g = FlameGaussianModel(3, device="cuda")
@@ -67,14 +72,7 @@ def test_inference_graph_posing_matches_eager(flame_assets):
     eager, and frames of an earlier call are not overwritten by a later one."""
     from scene.flame_gaussian_model import FlameGaussianModel
 
-    rng = np.random.default_rng(1)
-    meshes = {t: {"shape": rng.normal(size=300).astype(np.float32) * 0.5,
-                  "expr": rng.normal(size=(1, 100)).astype(np.float32) * 0.5,
-                  "rotation": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
-                  "neck_pose": rng.normal(size=(1, 3)).astype(np.float32) * 0.1,
-                  "jaw_pose": np.abs(rng.normal(size=(1, 3))).astype(np.float32) * 0.1,
-                  "eyes_pose": rng.normal(size=(1, 6)).astype(np.float32) * 0.1,
-                  "translation": rng.normal(size=(1, 3)).astype(np.float32) * 0.01} for t in range(3)}
+    meshes = random_meshes(seed=1)
     eager, graphed = (FlameGaussianModel(3, device="cuda") for _ in range(2))
     for g in (eager, graphed):
         g.load_meshes(meshes, {})
