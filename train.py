@@ -34,7 +34,7 @@ import signal
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -534,6 +534,7 @@ class Trainer:
 
         bg = [1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0]
         self.background = torch.tensor(bg, dtype=torch.float32, device=self.device)
+        self.step_graph = self._make_step_graph()
         self.evaluator = Evaluator(self.scene, self.gaussians, pipe, self.background, self.device, self.tb, self.log)
         self.saved_plys: List[str] = []
         self.checkpoints: List[str] = []
@@ -547,6 +548,25 @@ class Trainer:
             self.last_good = os.path.join(self.model_path, LAST_GOOD_CHECKPOINT)
 
     # -------------------------------------------------------------- setup helpers
+    def _make_step_graph(self) -> Optional[Any]:
+        """The whole-iteration CUDA graph (utils.step_graph) where it applies: CUDA, graphs not
+        disabled, fixed background, no anomaly detection. Debug rendering (--debug_from) and any
+        capture failure fall back to the eager iteration."""
+        run, opt = self.run, self.opt
+        if self.device.type != "cuda" or run.no_cuda_graphs or opt.random_background or run.detect_anomaly:
+            return None
+        from gaussian_renderer import render
+        from utils.step_graph import TrainStepGraph
+
+        g = self.gaussians
+
+        def losses(image: torch.Tensor, gt: torch.Tensor, vis: torch.Tensor, timestep: Any) -> Dict[str, torch.Tensor]:
+            return compute_losses(image, gt, g, opt, vis, timestep)
+
+        self.log.info("training iterations run as one CUDA graph each (--no_cuda_graphs to disable)")
+        return TrainStepGraph(g, self.pipe, self.background, self.device, losses, render, bound=is_bound(g),
+                              log=self.log.warn)
+
     def _cfg_namespace(self, cli_args: Optional[argparse.Namespace]) -> argparse.Namespace:
         merged: Dict[str, Any] = {}
         if cli_args is not None:
@@ -613,22 +633,31 @@ class Trainer:
 
     # -------------------------------------------------------------- loop pieces
     def next_camera(self) -> Any:
+        if self.step_graph is not None and self.step_graph.redo:
+            return self.step_graph.redo.popleft()  # a graph iteration skipped for a short pair buffer
         if not self.camera_stack:
             self.camera_stack = list(range(len(self.train_cameras)))
         return self.train_cameras[self.camera_stack.pop(self.camera_rng.randrange(len(self.camera_stack)))]
 
-    def densify(self, iteration: int, render_pkg: Dict[str, torch.Tensor]) -> None:
+    def densify(self, iteration: int, render_pkg: Optional[Dict[str, torch.Tensor]]) -> None:
+        """Densification statistics of this iteration (``render_pkg``; None when the step graph
+        already accumulated them), then densify/prune and opacity reset on their schedule."""
         opt, g = self.opt, self.gaussians
         if iteration >= opt.densify_until_iter:
             return
-        vis = render_pkg["visibility_filter"]
-        g.update_max_radii2D(render_pkg["radii"], vis)
-        g.add_densification_stats(render_pkg["viewspace_points"], vis)
-        if iteration > opt.densify_from_iter and iteration % opt.densification_interval == 0:
+        if render_pkg is not None:
+            vis = render_pkg["visibility_filter"]
+            g.update_max_radii2D(render_pkg["radii"], vis)
+            g.add_densification_stats(render_pkg["viewspace_points"], vis)
+        densify_now = iteration > opt.densify_from_iter and iteration % opt.densification_interval == 0
+        reset_now = iteration % opt.opacity_reset_interval == 0 or (
+            self.dataset.white_background and iteration == opt.densify_from_iter)
+        if (densify_now or reset_now) and self.step_graph is not None:
+            self.step_graph.flush()  # every replay's statistics are in before they are used
+        if densify_now:
             size_threshold = 20 if iteration > opt.opacity_reset_interval else None
             g.densify_and_prune(opt.densify_grad_threshold, 0.005, self.scene.cameras_extent, size_threshold)
-        if iteration % opt.opacity_reset_interval == 0 or (
-                self.dataset.white_background and iteration == opt.densify_from_iter):
+        if reset_now:
             g.reset_opacity()
 
     def optimizer_step(self) -> None:
@@ -663,8 +692,6 @@ class Trainer:
     def train(self) -> TrainResult:
         from tqdm import tqdm
 
-        from gaussian_renderer import render
-
         opt, run, g = self.opt, self.run, self.gaussians
         torch.autograd.set_detect_anomaly(run.detect_anomaly)
         save_at = set(run.save_iterations) | {opt.iterations}
@@ -681,6 +708,8 @@ class Trainer:
 
         def sync_check(at_iteration: int) -> None:
             """Raise NonFiniteLossError if a loss so far was NaN/Inf (one host sync)."""
+            if self.step_graph is not None:
+                self.step_graph.flush()
             bad = window.first_non_finite()
             if bad is not None:
                 raise NonFiniteLossError(bad, self.last_good)
@@ -703,27 +732,22 @@ class Trainer:
                     g.update_learning_rate(iteration)
                     if iteration % 1000 == 0:
                         g.oneupSHdegree()
-                    with timer("camera_mesh"):
-                        cam = self.next_camera()
-                        if is_bound(g):
-                            g.select_mesh_by_timestep(cam.timestep)
                     if iteration - 1 == run.debug_from:
                         self.pipe.debug = True
-
-                    bg = torch.rand(3, device=self.device) if opt.random_background else self.background
-                    with timer("render"):
-                        render_pkg = render(cam, g, self.pipe, bg)
-                    image = render_pkg["render"]
-                    with timer("loss"):
-                        gt = gt_image_on(cam, self.device)
-                        if opt.random_background:
-                            gt = self._recomposite(cam, gt, bg)
-                        losses = compute_losses(image, gt, g, opt, render_pkg["visibility_filter"], cam.timestep)
-                    with timer("backward"):
-                        losses["total"].backward()
+                    cam = self.next_camera()
+                    graphed = False
+                    if self.step_graph is not None and not self.pipe.debug:
+                        with timer("graph_step"):  # posing to Adam step, one replay
+                            graphed = self.step_graph.run(iteration, cam, with_stats=iteration < opt.densify_until_iter)
+                    if graphed:
+                        render_pkg = None
+                        window.record_row(iteration, self.step_graph.loss_keys, self.step_graph.loss_row)
+                    else:
+                        render_pkg, losses = self._eager_forward_backward(cam, timer)
+                        with torch.no_grad():
+                            window.record(iteration, losses)  # one kernel; read back every LOG_EVERY
 
                     with torch.no_grad():
-                        window.record(iteration, losses)  # one kernel; read back every LOG_EVERY
                         if iteration % LOG_EVERY == 0 or iteration == opt.iterations:
                             means, bad = window.drain()
                             if bad is not None:
@@ -743,13 +767,19 @@ class Trainer:
                             self.save_ply(iteration)
                         with timer("densify"):
                             self.densify(iteration, render_pkg)
-                        with timer("step"):
-                            self.optimizer_step()
+                        if not graphed:
+                            with timer("step"):
+                                self.optimizer_step()
                         if iteration in ckpt_at:
                             sync_check(iteration)
                             if not self._finite_state():
                                 raise NonFiniteLossError(iteration, self.last_good)
                             self.save_checkpoint(iteration)
+                if self.step_graph is not None:
+                    self.step_graph.flush()
+                    if self.step_graph.skipped_steps:
+                        self.log.info(f"{self.step_graph.skipped_steps} graph iterations were skipped and trained "
+                                      "again after growing the tile-pair buffer")
                 if viewer is not None:
                     viewer.keep_alive(**self._viewer_args(iteration, ema_loss))
             finally:
@@ -762,6 +792,29 @@ class Trainer:
         return TrainResult(model_path=self.model_path, final_iteration=iteration, num_points=int(g.get_xyz.shape[0]),
                            metrics=self.metrics, saved_plys=self.saved_plys, checkpoints=self.checkpoints,
                            stage_ms=self.timer.summary_ms() if self.timer.enabled else {})
+
+    def _eager_forward_backward(self, cam: Any, timer: Any) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """One iteration's posing, render, losses and backward with eager kernels: ``(render
+        package, loss terms)``."""
+        from gaussian_renderer import render
+
+        opt, g = self.opt, self.gaussians
+        if self.step_graph is not None and self.step_graph.graph is not None:
+            self.step_graph.invalidate()  # its gradient buffers must not take this backward's sums
+        with timer("camera_mesh"):
+            if is_bound(g):
+                g.select_mesh_by_timestep(cam.timestep)
+        bg = torch.rand(3, device=self.device) if opt.random_background else self.background
+        with timer("render"):
+            render_pkg = render(cam, g, self.pipe, bg)
+        with timer("loss"):
+            gt = gt_image_on(cam, self.device)
+            if opt.random_background:
+                gt = self._recomposite(cam, gt, bg)
+            losses = compute_losses(render_pkg["render"], gt, g, opt, render_pkg["visibility_filter"], cam.timestep)
+        with timer("backward"):
+            losses["total"].backward()
+        return render_pkg, losses
 
     def _recomposite(self, cam: Any, gt: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
         """Put the ground truth on the random background ``bg`` using the image's alpha."""

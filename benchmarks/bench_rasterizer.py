@@ -3,8 +3,11 @@
 Workload (shared by the project, docs/PERF_NOTES.md): N splats on a head-sized ellipsoid shell,
 SH degree 3, 16 cameras around the head, 802x550 pixels, fx = 1800; loss = mean |img - 0.5|.
 Forward/backward medians over 100 steps (device events), fps over 200 no-grad renders.
+Backend ``cuda`` sizes the (tile, splat) pair buffer exactly (one host synchronisation per call);
+``cuda_fixed`` gives it a fixed size (1.5x the largest count over the 16 cameras, as the training
+step graph does) and never synchronises.
 
-usage: python benchmarks/bench_rasterizer.py [--backend cuda|reference|both] [--n 100000]
+usage: python benchmarks/bench_rasterizer.py [--backend cuda|cuda_fixed|reference|both|all] [--n 100000]
        [--width 802] [--height 550] [--profile]
 Prints one JSON line per backend, then a short table.  Never asserts on time.
 """
@@ -79,20 +82,30 @@ def make_workload(n: int, width: int, height: int, dev: str = "cuda"):
 
 def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: int, profile: bool) -> dict:
     (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
+    fixed = backend == "cuda_fixed"
+    pair_count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    capacity = 0
 
     def step(cam, backward=True):
         view, fullp, campos = cam
         s = dgr.GaussianRasterizationSettings(
             image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
             viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False,
-            backend=backend)
+            backend="cuda" if fixed else backend, pair_capacity=capacity, pair_count=pair_count if fixed else None)
         means2d = torch.zeros_like(means, requires_grad=True)
         img, radii = dgr.GaussianRasterizer(s)(means3D=means, means2D=means2d, shs=shs, colors_precomp=None,
                                                opacities=opac, scales=scales, rotations=rots, cov3D_precomp=None)
         loss = (img - 0.5).abs().mean() if backward else None
         return img, radii, loss
 
-    warm = 10 if backend == "cuda" else 1
+    max_pairs = 0
+    if fixed:
+        for cam in cams:
+            with torch.no_grad():
+                step(cam, backward=False)
+            max_pairs = max(max_pairs, int(pair_count.item()))
+        capacity = -(-int(1.5 * max_pairs) // 65536) * 65536
+    warm = 10 if backend.startswith("cuda") else 1
     for i in range(warm):
         step(cams[i % 16])[2].backward()
     torch.cuda.synchronize()
@@ -119,7 +132,9 @@ def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: i
                bwd_ms_median=round(bw[len(bw) // 2], 4), fwd_ms_min=round(fw[0], 4), bwd_ms_min=round(bw[0], 4),
                render_fps_nograd=round(fps, 1), visible=int((radii > 0).sum().item()),
                mean_pixel=round(img.mean().item(), 6), gpu=torch.cuda.get_device_name())
-    if profile and backend == "cuda":
+    if fixed:
+        res.update(pair_capacity=capacity, max_pairs=max_pairs)
+    if profile and backend.startswith("cuda"):
         res["kernels_us"] = profile_kernels(step, cams)
     return res
 
@@ -198,7 +213,8 @@ ORIGINAL_FWD_MS, ORIGINAL_BWD_MS = 0.71, 1.36  # graphdeco's rasterizer, measure
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="cuda", choices=["cuda", "reference", "both"])
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "cuda_fixed", "reference", "both", "all"],
+                    help="both: cuda and cuda_fixed; all: also the reference")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--width", type=int, default=802)
     ap.add_argument("--height", type=int, default=550)
@@ -210,18 +226,19 @@ def main() -> None:
         return
     if args.cpu_breakdown:
         print(json.dumps({"host_us": cpu_breakdown(args.n, args.width, args.height)}), flush=True)
-    backends = ["cuda", "reference"] if args.backend == "both" else [args.backend]
+    backends = {"both": ["cuda", "cuda_fixed"], "all": ["cuda", "cuda_fixed", "reference"]}.get(args.backend,
+                                                                                                [args.backend])
     rows = []
     for b in backends:
-        steps, frames = (100, 200) if b == "cuda" else (3, 3)
+        steps, frames = (100, 200) if b.startswith("cuda") else (3, 3)
         res = run(b, args.n, args.width, args.height, steps, frames, args.profile)
         print(json.dumps(res), flush=True)
         rows.append(res)
-    print(f"{'backend':<10} {'fwd ms':>9} {'bwd ms':>9} {'fps':>8}")
+    print(f"{'backend':<12} {'fwd ms':>9} {'bwd ms':>9} {'fps':>8}")
     for r in rows:
-        print(f"{r['backend']:<10} {r['fwd_ms_median']:>9.3f} {r['bwd_ms_median']:>9.3f} {r['render_fps_nograd']:>8.1f}")
+        print(f"{r['backend']:<12} {r['fwd_ms_median']:>9.3f} {r['bwd_ms_median']:>9.3f} {r['render_fps_nograd']:>8.1f}")
     # stated baseline: graphdeco's rasterizer on this workload, same H100 (issue 11)
-    print(f"{'original':<10} {ORIGINAL_FWD_MS:>9.3f} {ORIGINAL_BWD_MS:>9.3f}        -   (stated, not run here)")
+    print(f"{'original':<12} {ORIGINAL_FWD_MS:>9.3f} {ORIGINAL_BWD_MS:>9.3f}        -   (stated, not run here)")
     for r in rows:
         print(f"ratio original/{r['backend']}: forward x{ORIGINAL_FWD_MS / r['fwd_ms_median']:.2f}, "
               f"backward x{ORIGINAL_BWD_MS / r['bwd_ms_median']:.2f}")

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["render", "build_covariance_3d", "PipelineSettings"]
+__all__ = ["render", "build_covariance_3d", "PipelineSettings", "DeviceRasterInputs"]
 
 
 @dataclass
@@ -24,6 +24,19 @@ class PipelineSettings:
     compute_cov3D_python: bool = False
     debug: bool = False
     backend: str = "auto"
+
+
+@dataclass
+class DeviceRasterInputs:
+    """Rasterizer settings read on the device, so that a render needs no host synchronisation and
+    can be captured in a CUDA graph (see ``diff_gaussian_rasterization``): ``intrinsics`` float64
+    ``(tanfovx, tanfovy, cx, cy)`` replaces the camera's host values, the pair buffer has the fixed
+    size ``pair_capacity``, and ``pair_count`` (int64 (1,)) receives the number of pairs the frame
+    needed (more than ``pair_capacity``: the image is incomplete)."""
+
+    intrinsics: torch.Tensor
+    pair_capacity: int
+    pair_count: torch.Tensor
 
 
 def build_covariance_3d(scales: torch.Tensor, rotations: torch.Tensor, scaling_modifier: float = 1.0) -> torch.Tensor:
@@ -58,8 +71,10 @@ def _camera_principal_point(cam: Any) -> tuple:
 
 
 def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
-           scaling_modifier: float = 1.0, override_color: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-    """Rasterize ``pc`` as seen by ``viewpoint_camera``.
+           scaling_modifier: float = 1.0, override_color: Optional[torch.Tensor] = None,
+           device_inputs: Optional[DeviceRasterInputs] = None) -> Dict[str, torch.Tensor]:
+    """Rasterize ``pc`` as seen by ``viewpoint_camera`` (``device_inputs``: see
+    :class:`DeviceRasterInputs`; CUDA only).
 
     Returns ``{"render": (3,H,W), "viewspace_points": means2D, "visibility_filter": radii > 0,
     "radii": radii}``. ``means2D`` is a zero tensor that requires grad while autograd is on; after
@@ -101,6 +116,9 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
         cy=cy,
         backend=getattr(pipe, "backend", "auto"),
     )
+    if device_inputs is not None:
+        settings = settings._replace(intrinsics=device_inputs.intrinsics, pair_capacity=int(device_inputs.pair_capacity),
+                                     pair_count=device_inputs.pair_count)
 
     opacity = pc.get_opacity
     scales = rotations = cov3D_precomp = None

@@ -444,6 +444,16 @@ class FlameGaussianModel(GaussianModel):
         verts, verts_cano, center, R, quat, k = self._pose_frames(*args)
         self._set_frames(verts, verts_cano, center, R, quat, k)
 
+    def select_mesh_by_index(self, t_index: torch.Tensor) -> None:
+        """Pose FLAME for the frame in ``t_index`` ((1,) long tensor on the model's device) with
+        the fine-tuned parameters and autograd on the face frames, with eager kernels and no
+        host synchronisation: the posing step of a training iteration captured as one CUDA graph
+        (the FLAME graphs of :meth:`enable_cuda_graphs` cannot be replayed inside a capture)."""
+        if self.flame_param is None:
+            raise RuntimeError("select_mesh_by_index: no FLAME parameters (call load_meshes or load_ply)")
+        self.timestep = t_index
+        self._set_frames(*self._pose_frames_at(t_index, *self._full_pose_args(self.flame_param)))
+
     def _set_frames(self, verts, verts_cano, center, R, quat, k) -> None:
         self.face_center, self.face_orien_mat, self.face_orien_quat, self.face_scaling = center, R, quat, k
         self.verts = verts.reshape(-1, verts.shape[-2], 3)[:1]

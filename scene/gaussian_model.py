@@ -407,9 +407,10 @@ class GaussianModel:
             self.denom[update_filter] += 1
 
     def update_max_radii2D(self, radii: torch.Tensor, visibility_filter: torch.Tensor) -> None:
-        """``max_radii2D = max(max_radii2D, radii)`` on visible splats (bool mask, no host sync)."""
+        """``max_radii2D = max(max_radii2D, radii)`` on visible splats (bool mask, no host sync), in
+        place (a captured training step keeps writing into the same buffer)."""
         r = radii.to(self.max_radii2D.dtype)
-        self.max_radii2D = torch.where(visibility_filter, torch.maximum(self.max_radii2D, r), self.max_radii2D)
+        self.max_radii2D.copy_(torch.where(visibility_filter, torch.maximum(self.max_radii2D, r), self.max_radii2D))
 
     def reset_opacity(self) -> None:
         """Clamp every opacity to at most 0.01 (and reset its Adam moments)."""

@@ -55,6 +55,6 @@ fi
 if [ "${GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
   "$PY" benchmarks/bench_knn.py 2>&1 | tee "$LOG/bench_knn.log"
   # shellcheck disable=SC2086
-  "$PY" benchmarks/bench_rasterizer.py ${BENCH_ARGS:---backend both --profile} 2>&1 | tee "$LOG/bench_rasterizer.log"
+  "$PY" benchmarks/bench_rasterizer.py ${BENCH_ARGS:---backend all --profile} 2>&1 | tee "$LOG/bench_rasterizer.log"
 fi
 exit $status

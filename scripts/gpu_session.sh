@@ -61,8 +61,8 @@ case "$stage" in
       echo "[ab] base tree $base:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_base.log"
     fi
     [ "${GPU_SESSION_EXTRAS:-1}" = 1 ] || exit 0   # 0: skip the rasterizer benchmark and the profile
-    python3 benchmarks/bench_rasterizer.py --backend cuda > "$LOG/bench_rasterizer.log" 2>&1
-    tail -4 "$LOG/bench_rasterizer.log"
+    python3 benchmarks/bench_rasterizer.py --backend both > "$LOG/bench_rasterizer.log" 2>&1
+    tail -6 "$LOG/bench_rasterizer.log"
     left=$(( ${GPU_SESSION_BUDGET_S:-570} - ($(date +%s) - t_start) ))
     if [ "$left" -gt 60 ]; then
       timeout "$left" python3 benchmarks/profile_training.py --iterations 100 --trace /tmp/trace.json.gz \

@@ -293,3 +293,133 @@ def test_debug_mode_renders_like_normal_mode():
     img, radii, _ = render(scene, s)
     img_d, radii_d, _ = render(scene, s._replace(debug=True))
     assert torch.equal(img, img_d) and torch.equal(radii, radii_d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sync-free settings: fixed-size pair buffer, pair count and device intrinsics
+# ----------------------------------------------------------------------------------------------
+def _exact_pairs(scene, s) -> int:
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    render(scene, s._replace(pair_count=count))
+    return int(count.item())
+
+
+def test_fixed_pair_buffer_matches_exact_size():
+    """A pair buffer larger than needed (padded and sorted) gives the exact-size pass's image bit
+    for bit and its gradients (up to the order of the backward's atomic sums); the pair count is
+    the one the exact pass reports."""
+    _require_cuda()
+    s = make_settings(160, 120, 150.0, 140.0, cx=70.0, cy=65.0)
+    scene = make_scene(3000, s, seed=21)
+    w = torch.rand(3, s.image_height, s.image_width, device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    img, radii, grads = render(scene, s, weights=w)
+    pairs = _exact_pairs(scene, s)
+    assert pairs > 1000
+    for capacity in (pairs, pairs + 1, 3 * pairs + 77):
+        count = torch.full((1,), -1, dtype=torch.int64, device="cuda")
+        img_f, radii_f, grads_f = render(scene, s._replace(pair_capacity=capacity, pair_count=count), weights=w)
+        assert int(count.item()) == pairs
+        assert torch.equal(img_f, img) and torch.equal(radii_f, radii), capacity
+        for key in grads:
+            assert rel_err(grads_f[key], grads[key]) < 1e-5, (capacity, key)
+
+
+def test_short_pair_buffer_reports_the_count_and_stays_in_bounds():
+    """Fewer slots than pairs: the call completes without memory errors, the count tells the
+    caller, and the image differs (pairs were dropped) only where splats were left out."""
+    _require_cuda()
+    s = make_settings(96, 80, 90.0, 90.0)
+    scene = make_scene(2000, s, seed=22)
+    img, _, _ = render(scene, s)
+    pairs = _exact_pairs(scene, s)
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    img_short, _, grads = render(scene, s._replace(pair_capacity=pairs // 3, pair_count=count))
+    torch.cuda.synchronize()
+    assert int(count.item()) == pairs
+    assert not torch.equal(img_short, img)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_device_intrinsics_equal_host_intrinsics():
+    """The float64 (tanfovx, tanfovy, cx, cy) tensor replaces the host values: one settings object
+    whose intrinsics change between calls renders each camera as its own host settings do."""
+    _require_cuda()
+    base = make_settings(120, 90, 100.0, 100.0)
+    intr = torch.zeros(4, dtype=torch.float64, device="cuda")
+    stale = base._replace(tanfovx=0.9, tanfovy=0.7, cx=3.0, cy=4.0, intrinsics=intr)
+    for fx, fy, cx, cy in ((100.0, 100.0, None, None), (130.0, 110.0, 50.0, 48.0), (80.0, 95.0, 66.5, 40.0)):
+        s = make_settings(120, 90, fx, fy, cx=cx, cy=cy)
+        scene = make_scene(1500, s, seed=23)
+        intr.copy_(torch.tensor([s.tanfovx, s.tanfovy, math.nan if cx is None else cx, math.nan if cy is None else cy],
+                                dtype=torch.float64))
+        img, radii, grads = render(scene, s)
+        img_d, radii_d, grads_d = render(scene, stale._replace(viewmatrix=s.viewmatrix, projmatrix=s.projmatrix,
+                                                               campos=s.campos))
+        assert torch.equal(img_d, img) and torch.equal(radii_d, radii)
+        for key in grads:
+            assert rel_err(grads_d[key], grads[key]) < 1e-5, key
+
+
+def test_fixed_pair_buffer_renders_inside_a_cuda_graph():
+    """With a fixed pair buffer and device intrinsics the forward and backward pass capture as a
+    CUDA graph; replays after changing the splats and the intrinsics match eager calls."""
+    _require_cuda()
+    s = make_settings(128, 96, 110.0, 100.0)
+    scene = make_scene(2500, s, seed=24)
+    intr = torch.tensor([s.tanfovx, s.tanfovy, math.nan, math.nan], dtype=torch.float64, device="cuda")
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    static = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+    gs = s._replace(pair_capacity=4 * _exact_pairs(scene, s), pair_count=count, intrinsics=intr)
+
+    def step():
+        for v in static.values():
+            v.grad = None
+        image, _ = dgr.rasterize_gaussians(static["means3D"], None, static["shs"], None, static["opacities"],
+                                           static["scales"], static["rotations"], None, gs)
+        image.square().sum().backward()
+        return image
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for v in static.values():
+        v.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        image_out = step()
+    grads_out = {k: v.grad for k, v in static.items()}
+    for seed, fx in ((25, 110.0), (26, 125.0)):
+        s2 = make_settings(128, 96, fx, fx * 0.95)
+        new = make_scene(2500, s2, seed=seed)
+        with torch.no_grad():
+            for k in static:
+                static[k].copy_(new[k])
+            intr.copy_(torch.tensor([s2.tanfovx, s2.tanfovy, math.nan, math.nan], dtype=torch.float64))
+            s.viewmatrix.copy_(s2.viewmatrix)
+            s.projmatrix.copy_(s2.projmatrix)
+            s.campos.copy_(s2.campos)
+        graph.replay()
+        torch.cuda.synchronize()
+        img, _, _ = render(new, s2, weights=None)
+        assert torch.equal(image_out, img), seed
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in new.items()}
+        ref, _ = dgr.rasterize_gaussians(leaves["means3D"], None, leaves["shs"], None, leaves["opacities"],
+                                         leaves["scales"], leaves["rotations"], None, s2)
+        ref.square().sum().backward()
+        for key in leaves:
+            assert rel_err(grads_out[key], leaves[key].grad) < 1e-5, (seed, key)
+        assert int(count.item()) <= gs.pair_capacity
+
+
+def test_sync_free_settings_are_checked():
+    _require_cuda()
+    s = make_settings(40, 30, 40.0, 40.0)
+    scene = make_scene(50, s, seed=27)
+    with pytest.raises(ValueError, match="pair_capacity"):
+        render(scene, s._replace(pair_capacity=-1))
+    with pytest.raises(ValueError, match="pair_count"):
+        render(scene, s._replace(pair_count=torch.zeros(1, device="cuda")))
+    with pytest.raises(ValueError, match="intrinsics"):
+        render(scene, s._replace(intrinsics=torch.zeros(4, device="cuda")))

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import torch
 
-__all__ = ["AdamStepper", "fused_adam_step"]
+__all__ = ["AdamStepper", "fused_adam_step", "GraphableAdamStep"]
 
 
 def _plain_fused_group(group: dict) -> bool:
@@ -82,6 +82,60 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> Optional[bool]:
                            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=0.0,
                            eps=float(group["eps"]), maximize=False, grad_scale=None, found_inf=None)
     return True
+
+
+class GraphableAdamStep:
+    """The fused Adam update of ``opt`` in a form a CUDA graph can capture: learning rates live in
+    device tensors (:meth:`sync_learning_rates`, called before each replay, writes the groups'
+    changed values into them), and a device flag ``skip`` (float32 0-d, 1 = skip) turns the
+    whole step into a no-op, step counters included (``_fused_adam_``'s ``found_inf``, the AMP
+    convention). Parameters without a gradient or Adam state are left out, as ``Adam.step``
+    leaves out parameters without a gradient."""
+
+    def __init__(self, opt: torch.optim.Optimizer, device: torch.device):
+        if not (isinstance(opt, torch.optim.Adam) and hasattr(torch, "_fused_adam_")
+                and all(_plain_fused_group(g) for g in opt.param_groups)):
+            raise ValueError("GraphableAdamStep needs a torch.optim.Adam(fused=True) without amsgrad, "
+                             "maximize or weight decay")
+        self.optimizer = opt
+        self.lrs = torch.zeros(len(opt.param_groups), dtype=torch.float32, device=device)
+        self._lr_values: List[Optional[float]] = [None] * len(opt.param_groups)
+        self.sync_learning_rates()
+
+    def sync_learning_rates(self) -> None:
+        """Write the groups' current ``lr`` into the device tensors (one small fill per change)."""
+        for gi, group in enumerate(self.optimizer.param_groups):
+            lr = float(group["lr"])
+            if lr != self._lr_values[gi]:
+                self.lrs[gi].fill_(lr)
+                self._lr_values[gi] = lr
+
+    def step(self, skip: torch.Tensor) -> None:
+        """Adam update of every parameter with a gradient and state, unless ``skip`` (float32
+        0-d on the device) is 1. No host synchronisation; learning rates from :attr:`lrs`."""
+        opt = self.optimizer
+        batches: List[tuple] = []
+        all_steps: List[torch.Tensor] = []
+        for gi, group in enumerate(opt.param_groups):
+            params = [p for p in group["params"] if p.grad is not None and "exp_avg" in opt.state.get(p, {})]
+            if not params:
+                continue
+            states = [opt.state[p] for p in params]
+            steps = [st["step"] for st in states]
+            if any(not isinstance(t, torch.Tensor) or t.device != p.device for t, p in zip(steps, params)):
+                raise ValueError("GraphableAdamStep: Adam step counters must live on the parameters' device")
+            batches.append((gi, group, params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                            [st["exp_avg_sq"] for st in states], steps))
+            all_steps.extend(steps)
+        if not all_steps:
+            return
+        torch._foreach_add_(all_steps, 1)
+        torch._foreach_sub_(all_steps, [skip] * len(all_steps))
+        for gi, group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=self.lrs[gi],
+                               beta1=float(beta1), beta2=float(beta2), weight_decay=0.0, eps=float(group["eps"]),
+                               maximize=False, grad_scale=None, found_inf=skip)
 
 
 def _probe_matches(device: Optional[torch.device]) -> bool:

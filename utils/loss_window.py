@@ -36,9 +36,21 @@ class LossWindow:
     def record(self, iteration: int, losses: Mapping[str, torch.Tensor]) -> None:
         """Store the 0-d tensors of ``losses`` as the row of ``iteration`` (no host sync). A
         different set of keys than before starts a new window (the old rows are dropped)."""
-        keys = tuple(losses)
+        row = self._next_row(iteration, tuple(losses))
+        with torch.no_grad():
+            torch.stack([v if v.dtype is torch.float32 else v.float() for v in losses.values()], out=row)
+
+    def record_row(self, iteration: int, keys: Tuple[str, ...], row: torch.Tensor) -> None:
+        """Store ``row`` (1-D float32 device tensor, one value per name in ``keys``) as the row of
+        ``iteration``: one copy, no host sync (for loss terms a CUDA graph left in a buffer)."""
+        if row.dim() != 1 or row.shape[0] != len(keys):
+            raise ValueError(f"LossWindow.record_row: row has shape {tuple(row.shape)}, expected ({len(keys)},)")
+        self._next_row(iteration, tuple(keys)).copy_(row)
+
+    def _next_row(self, iteration: int, keys: Tuple[str, ...]) -> torch.Tensor:
+        """The buffer row for ``iteration`` (a new window when ``keys`` changed; grows when full)."""
         if self.total_key not in keys:
-            raise KeyError(f"LossWindow.record: losses lack the {self.total_key!r} term (got {keys})")
+            raise KeyError(f"LossWindow: the losses lack the {self.total_key!r} term (got {keys})")
         if keys != self.keys or self.buffer is None:
             self.keys = keys
             self.buffer = torch.empty(self.capacity, len(keys), dtype=torch.float32, device=self.device)
@@ -46,9 +58,8 @@ class LossWindow:
         n = len(self.iterations)
         if n == self.buffer.shape[0]:
             self.buffer = torch.cat([self.buffer, torch.empty_like(self.buffer)])
-        with torch.no_grad():
-            torch.stack([v if v.dtype is torch.float32 else v.float() for v in losses.values()], out=self.buffer[n])
         self.iterations.append(int(iteration))
+        return self.buffer[n]
 
     def _rows(self) -> List[List[float]]:
         if not self.iterations:

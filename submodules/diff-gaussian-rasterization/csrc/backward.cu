@@ -219,6 +219,7 @@ __global__ void preprocess_backward_kernel(Camera cam, SplatInputs in, const int
                                            const float4* __restrict__ accum, SplatGrads g) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= in.n) return;
+    load_intrinsics(cam);
     const int nb_all = cam.sh_coeffs;
     if (radii[i] <= 0) {
         for (int k = 0; k < 3; ++k) { g.means3D[3 * i + k] = 0.f; g.means2D[3 * i + k] = 0.f; }

@@ -39,7 +39,7 @@ void check_tensor(const Tensor& t, const char* name, int64_t n, int64_t cols, co
 gsr::Camera make_camera(const c10::Device& dev, const Tensor& bg, const Tensor& view, const Tensor& proj,
                         const Tensor& campos,
                         double scale_modifier, double tanfovx, double tanfovy, int64_t H, int64_t W,
-                        int64_t degree, int64_t sh_coeffs, double cx, double cy) {
+                        int64_t degree, int64_t sh_coeffs, double cx, double cy, const Tensor& intrinsics) {
     TORCH_CHECK(H > 0 && W > 0, "diff_gaussian_rasterization: image size must be positive, got ", W, "x", H);
     TORCH_CHECK(tanfovx > 0 && tanfovy > 0, "diff_gaussian_rasterization: tanfovx/tanfovy must be positive");
     TORCH_CHECK(degree >= 0 && degree <= 3, "diff_gaussian_rasterization: sh_degree must be in 0..3, got ", degree);
@@ -56,16 +56,15 @@ gsr::Camera make_camera(const c10::Device& dev, const Tensor& bg, const Tensor& 
     c.height = (int)H;
     c.tiles_x = (int)((W + gsr::kTile - 1) / gsr::kTile);
     c.tiles_y = (int)((H + gsr::kTile - 1) / gsr::kTile);
-    const double fx = W / (2.0 * tanfovx), fy = H / (2.0 * tanfovy);
-    c.focal_x = (float)fx;
-    c.focal_y = (float)fy;
-    // NaN cx / cy: centred principal point.
-    if (std::isnan(cx)) cx = (W - 1) * 0.5;
-    if (std::isnan(cy)) cy = (H - 1) * 0.5;
-    c.lim_x_lo = (float)(-1.3 * (cx + 0.5) / fx);
-    c.lim_x_hi = (float)(1.3 * (W - 0.5 - cx) / fx);
-    c.lim_y_lo = (float)(-1.3 * (cy + 0.5) / fy);
-    c.lim_y_hi = (float)(1.3 * (H - 0.5 - cy) / fy);
+    gsr::set_intrinsics(c, tanfovx, tanfovy, cx, cy);  // NaN cx / cy: centred principal point
+    c.intrinsics = nullptr;
+    if (present(intrinsics)) {
+        TORCH_CHECK(intrinsics.is_cuda() && intrinsics.device() == dev && intrinsics.scalar_type() == torch::kFloat64 &&
+                        intrinsics.is_contiguous() && intrinsics.numel() == 4,
+                    "diff_gaussian_rasterization: intrinsics must be a contiguous float64 CUDA tensor of 4 values "
+                    "(tanfovx, tanfovy, cx, cy) on ", dev);
+        c.intrinsics = intrinsics.data_ptr<double>();
+    }
     c.scale_modifier = (float)scale_modifier;
     c.sh_degree = (int)degree;
     c.sh_coeffs = (int)sh_coeffs;
@@ -207,18 +206,25 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
                                       double scale_modifier, const Tensor& cov3D, const Tensor& viewmatrix,
                                       const Tensor& projmatrix, double tanfovx, double tanfovy, int64_t H, int64_t W,
                                       const Tensor& sh, int64_t degree, const Tensor& campos, bool debug, double cx,
-                                      double cy) {
+                                      double cy, const Tensor& intrinsics, int64_t pair_capacity,
+                                      const Tensor& pair_count) {
     TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "diff_gaussian_rasterization: means3D must be (N, 3)");
+    TORCH_CHECK(pair_capacity >= 0, "diff_gaussian_rasterization: pair_capacity must be >= 0, got ", pair_capacity);
+    if (present(pair_count))
+        TORCH_CHECK(pair_count.is_cuda() && pair_count.device() == means3D.device() &&
+                        pair_count.scalar_type() == torch::kInt64 && pair_count.numel() >= 1,
+                    "diff_gaussian_rasterization: pair_count must be an int64 CUDA tensor on ", means3D.device());
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
     const gsr::SplatInputs in =
         make_inputs(means3D.device(), means3D, colors, opacity, scales, rotations, cov3D, sh, degree, sh_coeffs);
     const gsr::Camera cam = make_camera(means3D.device(), bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx,
-                                        tanfovy, H, W, degree, sh_coeffs, cx, cy);
+                                        tanfovy, H, W, degree, sh_coeffs, cx, cy, intrinsics);
     const int64_t n = in.n;
     const auto& fopt = means3D.options();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
+    TORCH_CHECK(num_tiles < (int64_t)UINT32_MAX, "diff_gaussian_rasterization: image too large");
 
     Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
     size_t geom_bytes = 0;
@@ -236,31 +242,50 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
                 "diff_gaussian_rasterization: cudaMemsetAsync failed");
     gsr::launch_preprocess(cam, in, g.st, stream);
     check_launch(debug, "preprocess");
+    // Pair buffer size: the exact number of (tile, splat) pairs, read back with the one host
+    // synchronisation of the pass, or a fixed pair_capacity (no synchronisation: pairs beyond it are
+    // dropped, and pair_count tells the caller that the image is incomplete).
     int64_t num_rendered = 0;
+    const bool fixed_size = pair_capacity > 0;
     if (n > 0) {
         gsr::inclusive_scan(g.scan_tmp, g.scan_bytes, g.st.tiles_touched, g.offsets, (int)n, stream);
         check_launch(debug, "prefix sum");
-        // the only host synchronisation of the pass: the number of (tile, splat) pairs
-        TORCH_CHECK(cudaMemcpyAsync(&num_rendered, g.offsets + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost,
-                                    stream) == cudaSuccess &&
-                        cudaStreamSynchronize(stream) == cudaSuccess,
-                    "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
-                    cudaGetErrorString(cudaGetLastError()));
+        if (present(pair_count))
+            TORCH_CHECK(cudaMemcpyAsync(pair_count.data_ptr<int64_t>(), g.offsets + (n - 1), sizeof(int64_t),
+                                        cudaMemcpyDeviceToDevice, stream) == cudaSuccess,
+                        "diff_gaussian_rasterization: copying the pair count failed");
+        if (fixed_size) {
+            num_rendered = pair_capacity;
+        } else {
+            TORCH_CHECK(cudaMemcpyAsync(&num_rendered, g.offsets + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost,
+                                        stream) == cudaSuccess &&
+                            cudaStreamSynchronize(stream) == cudaSuccess,
+                        "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
+                        cudaGetErrorString(cudaGetLastError()));
+        }
+    } else if (present(pair_count)) {
+        TORCH_CHECK(cudaMemsetAsync(pair_count.data_ptr<int64_t>(), 0, sizeof(int64_t), stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: cudaMemsetAsync failed");
     }
 
-    const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);
+    const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);  // holds tile index num_tiles (padding) too
     size_t bin_bytes = 0;
     const size_t sort_bytes = num_rendered > 0 ? gsr::sort_temp_bytes(num_rendered, end_bit) : 0;
     carve_bins(nullptr, num_rendered, sort_bytes, bin_bytes);
     Tensor bins = byte_buffer(bin_bytes, fopt);
     const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, sort_bytes, bin_bytes);
     if (num_rendered > 0) {
-        gsr::launch_duplicate(cam, (int)n, g.st, g.offsets, b.keys_unsorted, b.vals_unsorted, stream);
+        gsr::launch_duplicate(cam, (int)n, g.st, g.offsets, num_rendered, b.keys_unsorted, b.vals_unsorted, stream);
         check_launch(debug, "key duplication");
+        if (fixed_size) {
+            gsr::launch_pad_pairs(num_rendered, g.offsets + (n - 1), (int)num_tiles, b.keys_unsorted, b.vals_unsorted,
+                                  stream);
+            check_launch(debug, "pair padding");
+        }
         gsr::radix_sort(b.sort_tmp, b.sort_bytes, b.keys_unsorted, b.keys_sorted, b.vals_unsorted, b.point_list,
                         num_rendered, end_bit, stream);
         check_launch(debug, "radix sort");
-        gsr::launch_tile_ranges(num_rendered, b.keys_sorted, im.ranges, stream);
+        gsr::launch_tile_ranges(num_rendered, (int)num_tiles, b.keys_sorted, im.ranges, stream);
         check_launch(debug, "tile ranges");
     }
     gsr::launch_render_forward(cam, im.ranges, b.point_list, g.st, color.data_ptr<float>(), im.final_T,
@@ -277,7 +302,8 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
                                        const Tensor& viewmatrix, const Tensor& projmatrix, double tanfovx,
                                        double tanfovy, const Tensor& dL_dout, const Tensor& sh, int64_t degree,
                                        const Tensor& campos, const Tensor& geom, const Tensor& bins,
-                                       const Tensor& image, bool debug, double cx, double cy) {
+                                       const Tensor& image, bool debug, double cx, double cy,
+                                       const Tensor& intrinsics) {
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
@@ -287,7 +313,7 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
                 "diff_gaussian_rasterization: image gradient must be (3, H, W)");
     const int64_t H = dL_dout.size(1), W = dL_dout.size(2);
     const gsr::Camera cam = make_camera(means3D.device(), bg, viewmatrix, projmatrix, campos, scale_modifier, tanfovx,
-                                        tanfovy, H, W, degree, sh_coeffs, cx, cy);
+                                        tanfovy, H, W, degree, sh_coeffs, cx, cy, intrinsics);
     const int64_t n = in.n;
     const auto& fopt = means3D.options();
     const Tensor grad = dL_dout.contiguous();

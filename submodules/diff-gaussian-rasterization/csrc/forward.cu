@@ -15,6 +15,7 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
     if (i >= in.n) return;
     st.radii[i] = 0;
     st.tiles_touched[i] = 0;
+    load_intrinsics(cam);
 
     const float3 p = make_float3(in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]);
     const float3 t = view_point(cam, p);
@@ -113,13 +114,13 @@ void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, in
 // One (tile | depth) key per tile a splat touches.
 // ---------------------------------------------------------------------------------------------
 __global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t* __restrict__ offsets,
-                                 uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
+                                 int64_t limit, uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n || st.radii[i] <= 0) return;
     int64_t off = (i == 0) ? 0 : offsets[i - 1];
     int2 rmin, rmax;
-    const int64_t end = offsets[i];
-    if (end == off) return;
+    const int64_t end = offsets[i] < limit ? offsets[i] : limit;  // a short pair buffer drops the rest
+    if (end <= off) return;
     const float2 m = st.xy[i];
     const float4 co = st.conic_opacity[i];
     tile_rect(cam, m, (float)st.radii[i], rmin, rmax);
@@ -127,7 +128,7 @@ __global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t
     for (int y = rmin.y; y < rmax.y; ++y) {
         for (int x = rmin.x; x < rmax.x; ++x) {
             if (!tile_hit(cam.width, cam.height, m, co, x, y)) continue;
-            if (off >= end) return;  // cannot happen (same test as the counting pass); never overflow
+            if (off >= end) return;  // only at the buffer's end (same test as the counting pass)
             keys[off] = ((uint64_t)(y * cam.tiles_x + x) << 32) | dbits;
             values[off] = i;
             ++off;
@@ -135,10 +136,27 @@ __global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t
     }
 }
 
-void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, uint64_t* keys,
-                      int32_t* values, cudaStream_t s) {
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, int64_t limit,
+                      uint64_t* keys, int32_t* values, cudaStream_t s) {
     if (n == 0) return;
-    duplicate_kernel<<<(n + 255) / 256, 256, 0, s>>>(cam, n, st, offsets, keys, values);
+    duplicate_kernel<<<(n + 255) / 256, 256, 0, s>>>(cam, n, st, offsets, limit, keys, values);
+}
+
+// Entries [total, count) of a fixed-size pair buffer get a key that sorts after every real one
+// (tile index num_tiles) and that the tile-range pass ignores.
+__global__ void pad_pairs_kernel(int64_t count, const int64_t* __restrict__ total, uint64_t tail_key,
+                                 uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count || i < *total) return;
+    keys[i] = tail_key;
+    values[i] = 0;
+}
+
+void launch_pad_pairs(int64_t count, const int64_t* total, int num_tiles, uint64_t* keys, int32_t* values,
+                      cudaStream_t s) {
+    if (count == 0) return;
+    const uint64_t tail_key = ((uint64_t)(uint32_t)num_tiles << 32) | 0xFFFFFFFFull;
+    pad_pairs_kernel<<<(unsigned)((count + 255) / 256), 256, 0, s>>>(count, total, tail_key, keys, values);
 }
 
 size_t sort_temp_bytes(int64_t count, int end_bit) {
@@ -163,26 +181,29 @@ void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys
 }
 
 // ranges[2 t] .. ranges[2 t + 1]: the slice of the sorted list that belongs to tile t (zeroed first).
-__global__ void tile_ranges_kernel(int64_t count, const uint64_t* __restrict__ keys, int64_t* __restrict__ ranges) {
+// Keys of tile num_tiles (padding of a fixed-size buffer) belong to no tile.
+__global__ void tile_ranges_kernel(int64_t count, uint32_t num_tiles, const uint64_t* __restrict__ keys,
+                                   int64_t* __restrict__ ranges) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
     const uint32_t tile = (uint32_t)(keys[i] >> 32);
+    const bool real = tile < num_tiles;
     if (i == 0) {
-        ranges[2 * (int64_t)tile] = 0;
+        if (real) ranges[2 * (int64_t)tile] = 0;
     } else {
         const uint32_t prev = (uint32_t)(keys[i - 1] >> 32);
         if (prev != tile) {
-            ranges[2 * (int64_t)prev + 1] = i;
-            ranges[2 * (int64_t)tile] = i;
+            if (prev < num_tiles) ranges[2 * (int64_t)prev + 1] = i;
+            if (real) ranges[2 * (int64_t)tile] = i;
         }
     }
-    if (i == count - 1) ranges[2 * (int64_t)tile + 1] = count;
+    if (i == count - 1 && real) ranges[2 * (int64_t)tile + 1] = count;
 }
 
-void launch_tile_ranges(int64_t count, const uint64_t* keys, int64_t* ranges, cudaStream_t s) {
+void launch_tile_ranges(int64_t count, int num_tiles, const uint64_t* keys, int64_t* ranges, cudaStream_t s) {
     if (count == 0) return;
     const int64_t blocks = (count + 255) / 256;
-    tile_ranges_kernel<<<(unsigned)blocks, 256, 0, s>>>(count, keys, ranges);
+    tile_ranges_kernel<<<(unsigned)blocks, 256, 0, s>>>(count, (uint32_t)num_tiles, keys, ranges);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,12 +34,16 @@ struct SplatState {
 void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, cudaStream_t s);
 size_t scan_temp_bytes(int n);
 void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, int n, cudaStream_t s);
-void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets,
+// Writes the pairs of offsets below `limit` (the buffer's size); the rest are dropped.
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, int64_t limit,
                       uint64_t* keys, int32_t* values, cudaStream_t s);
+// Pads entries [*total, count) with keys of the non-tile num_tiles (fixed-size buffers).
+void launch_pad_pairs(int64_t count, const int64_t* total, int num_tiles, uint64_t* keys, int32_t* values,
+                      cudaStream_t s);
 size_t sort_temp_bytes(int64_t count, int end_bit);
 void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys_out,
                 const int32_t* vals_in, int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
-void launch_tile_ranges(int64_t count, const uint64_t* keys, int64_t* ranges, cudaStream_t s);
+void launch_tile_ranges(int64_t count, int num_tiles, const uint64_t* keys, int64_t* ranges, cudaStream_t s);
 void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
                            const SplatState& st, float* out_color, float* final_T, int32_t* n_contrib,
                            cudaStream_t s);

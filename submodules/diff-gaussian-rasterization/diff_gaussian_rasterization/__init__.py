@@ -12,6 +12,16 @@ API compatible with graphdeco's ``diff_gaussian_rasterization``::
 ``backend``: ``"auto"`` uses the compiled CUDA extension (``_C``) when it imports and the inputs are
 CUDA tensors, else :mod:`diff_gaussian_rasterization.reference`; ``"cuda"`` / ``"reference"`` force
 one.  The math (SPEC section 6) is documented in :mod:`.reference`, which defines it.
+
+Three optional settings let one call run without any host synchronisation, so that a training
+step can be captured as a CUDA graph (CUDA backend only):
+
+* ``pair_capacity > 0``: the (tile, splat) pair buffer has this fixed size instead of the exact
+  count (which costs one host synchronisation per call). If a frame needs more pairs, the extra
+  ones are dropped and the image is incomplete: the caller must check ``pair_count``.
+* ``pair_count``: an int64 CUDA tensor whose first element receives the exact number of pairs.
+* ``intrinsics``: a float64 CUDA tensor ``(tanfovx, tanfovy, cx, cy)`` (NaN cx / cy: centred)
+  read on the device instead of the host values; ``image_height`` / ``image_width`` still apply.
 """
 from __future__ import annotations
 
@@ -54,6 +64,9 @@ class GaussianRasterizationSettings(NamedTuple):
     cx: Optional[float] = None
     cy: Optional[float] = None
     backend: str = "auto"
+    pair_capacity: int = 0
+    pair_count: Optional[Tensor] = None
+    intrinsics: Optional[Tensor] = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,6 +125,19 @@ def _none_if_empty(t: Optional[Tensor], n: int) -> Optional[Tensor]:
     return None if t is None or (t.numel() == 0 and n > 0) else t
 
 
+def _host_settings(settings: GaussianRasterizationSettings) -> GaussianRasterizationSettings:
+    """Settings for the CPU and reference backends: device intrinsics become host values; the
+    fixed-size pair buffer is a CUDA-backend feature."""
+    if int(getattr(settings, "pair_capacity", 0) or 0) > 0 or getattr(settings, "pair_count", None) is not None:
+        raise ValueError("raster_settings.pair_capacity / pair_count need the CUDA backend")
+    intrinsics = getattr(settings, "intrinsics", None)
+    if intrinsics is None:
+        return settings
+    tanfovx, tanfovy, cx, cy = (float(v) for v in intrinsics.detach().reshape(-1).tolist())
+    return settings._replace(tanfovx=tanfovx, tanfovy=tanfovy, cx=None if cx != cx else cx,
+                             cy=None if cy != cy else cy, intrinsics=None)
+
+
 def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional[Tensor],
                         colors_precomp: Optional[Tensor], opacities: Tensor, scales: Optional[Tensor],
                         rotations: Optional[Tensor], cov3Ds_precomp: Optional[Tensor],
@@ -130,8 +156,10 @@ def rasterize_gaussians(means3D: Tensor, means2D: Optional[Tensor], sh: Optional
     if backend == "cuda":
         entry = _cuda_entry()
     elif backend == "cpu":
+        raster_settings = _host_settings(raster_settings)
         from ._cpu_backend import rasterize_gaussians_cpu as entry
     else:
+        raster_settings = _host_settings(raster_settings)
         entry = reference.rasterize_gaussians
     return entry(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
                  raster_settings)

@@ -58,6 +58,16 @@ def _check_settings(settings: Any) -> None:
     for name in ("tanfovx", "tanfovy"):
         if not float(getattr(settings, name)) > 0:
             raise ValueError(f"raster_settings.{name} must be > 0, got {getattr(settings, name)}")
+    capacity = getattr(settings, "pair_capacity", 0) or 0
+    if not isinstance(capacity, int) or capacity < 0:
+        raise ValueError(f"raster_settings.pair_capacity must be an int >= 0, got {capacity!r}")
+    count = getattr(settings, "pair_count", None)
+    if count is not None and (not isinstance(count, Tensor) or count.dtype != torch.int64 or count.numel() < 1):
+        raise ValueError("raster_settings.pair_count must be an int64 tensor with at least one element")
+    intrinsics = getattr(settings, "intrinsics", None)
+    if intrinsics is not None and (not isinstance(intrinsics, Tensor) or intrinsics.dtype != torch.float64
+                                   or intrinsics.numel() != 4):
+        raise ValueError("raster_settings.intrinsics must be a float64 tensor of 4 values (tanfovx, tanfovy, cx, cy)")
     degree = int(settings.sh_degree)
     if not 0 <= degree <= 3:
         raise ValueError(f"raster_settings.sh_degree must be in 0..3, got {degree}")

@@ -32,6 +32,12 @@ def _centre(value: Optional[float]) -> float:
     return math.nan if value is None else float(value)
 
 
+def _optional(t: Optional[Tensor], empty: Tensor) -> Tensor:
+    """A device-side setting (intrinsics, pair_count) as given, or ``empty`` when absent; the
+    extension checks dtype, device and size."""
+    return empty if t is None else t
+
+
 def _check_finite(named: dict) -> None:
     for name, t in named.items():
         if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
@@ -58,17 +64,22 @@ class _RasterizeGaussians(torch.autograd.Function):
                 float(settings.tanfovx), float(settings.tanfovy), int(settings.image_height),
                 int(settings.image_width), shs, int(settings.sh_degree), campos, bool(settings.debug),
                 _centre(getattr(settings, "cx", None)), _centre(getattr(settings, "cy", None)))
-        color, radii, geom, bins, image = _C.rasterize_forward(*args)
+        intrinsics = _optional(getattr(settings, "intrinsics", None), empty)
+        pair_count = _optional(getattr(settings, "pair_count", None), empty)
+        color, radii, geom, bins, image = _C.rasterize_forward(
+            *args, intrinsics, int(getattr(settings, "pair_capacity", 0) or 0), pair_count)
         ctx.settings = settings
         ctx.shapes = shapes
-        ctx.save_for_backward(bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image)
+        ctx.save_for_backward(bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image,
+                              intrinsics)
         ctx.mark_non_differentiable(radii)
         return color, radii
 
     @staticmethod
     def backward(ctx: Any, grad_color: Tensor, _grad_radii: Tensor):
         s = ctx.settings
-        bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image = ctx.saved_tensors
+        (bg, m3, radii, colors, opac, sc, rot, cov, view, proj, shs, campos, geom, bins, image,
+         intrinsics) = ctx.saved_tensors
         grad = grad_color if grad_color.dtype is torch.float32 else grad_color.to(torch.float32)
         grad = grad if grad.is_contiguous() else grad.contiguous()
         if bool(s.debug):
@@ -76,7 +87,7 @@ class _RasterizeGaussians(torch.autograd.Function):
         dmeans2D, dcolors, dopac, dmeans3D, dcov, dsh, dscales, drot = _C.rasterize_backward(
             bg, m3, radii, colors, opac, sc, rot, float(s.scale_modifier), cov, view, proj,
             float(s.tanfovx), float(s.tanfovy), grad, shs, int(s.sh_degree), campos, geom, bins, image,
-            bool(s.debug), _centre(getattr(s, "cx", None)), _centre(getattr(s, "cy", None)))
+            bool(s.debug), _centre(getattr(s, "cx", None)), _centre(getattr(s, "cy", None)), intrinsics)
         (m3_shape, m2_shape, sh_shape, col_shape, op_shape, sc_shape, rot_shape, cov_shape) = ctx.shapes
         needs = ctx.needs_input_grad
 
