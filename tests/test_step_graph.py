@@ -37,7 +37,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _first_step_eagerly(trainer, cam):
-    """One eager iteration (creates Adam's state), then learning rates 0: parameters stay put."""
+    """Anisotropic scales (the initial splats are isotropic, so the rotation gradient would be
+    rounding noise), one eager iteration, then learning rates 0: parameters stay put."""
+    with torch.no_grad():
+        g = trainer.gaussians
+        g._scaling.add_(torch.randn(g._scaling.shape, device=g._scaling.device,
+                                    generator=torch.Generator(g._scaling.device).manual_seed(0)) * 0.5)
     trainer._eager_forward_backward(cam, trainer.timer)
     trainer.densify(1, None)
     trainer.optimizer_step()
@@ -144,3 +149,33 @@ def test_graph_training_run_matches_eager_quality(small_subject, flame_assets, t
         assert after["val"]["psnr"] > before["val"]["psnr"] + 1.0, name
     assert abs(results["graph"].metrics[200]["val"]["psnr"] - results["eager"].metrics[200]["val"]["psnr"]) < 0.5
     assert abs(results["graph"].metrics[200]["test"]["psnr"] - results["eager"].metrics[200]["test"]["psnr"]) < 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_first_iteration_in_the_graph_is_adams_first_step(small_subject, flame_assets, tmp_path):
+    """No eager step before: the graph creates Adam's state itself, and its first update is the
+    analytic first Adam step from zero moments: m = (1-b1) g, v = (1-b2) g^2, p -= lr g / (|g| + eps)."""
+    trainer = _trainer(small_subject, flame_assets, tmp_path)
+    g, sg = trainer.gaussians, trainer.step_graph
+    g.update_learning_rate(1)
+    before = {k: p.detach().clone() for k, p in _named_params(g).items()}
+    assert not g.optimizer.state
+    assert sg.run(1, trainer.train_cameras[0], with_stats=True)
+    sg.flush()
+    opt = g.optimizer
+    lrs = {f"{group['name']}/{i}": group["lr"] for group in opt.param_groups for i, _ in enumerate(group["params"])}
+    checked = 0
+    for key, p in _named_params(g).items():
+        if p.grad is None:
+            continue
+        st = opt.state[p]
+        b1, b2 = opt.param_groups[0]["betas"]
+        eps = opt.param_groups[0]["eps"]
+        grad = p.grad.detach()
+        assert float(st["step"]) == 1.0 and st["step"].device == p.device, key
+        torch.testing.assert_close(st["exp_avg"], (1 - b1) * grad, rtol=1e-6, atol=1e-12, msg=key)
+        torch.testing.assert_close(st["exp_avg_sq"], (1 - b2) * grad * grad, rtol=1e-5, atol=1e-20, msg=key)
+        expected = before[key] - lrs[key] * grad / (grad.abs() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6 * max(lrs[key], 1e-12) + 1e-7, msg=key)
+        checked += 1
+    assert checked >= 6

@@ -89,8 +89,8 @@ class GraphableAdamStep:
     device tensors (:meth:`sync_learning_rates`, called before each replay, writes the groups'
     changed values into them), and a device flag ``skip`` (float32 0-d, 1 = skip) turns the
     whole step into a no-op, step counters included (``_fused_adam_``'s ``found_inf``, the AMP
-    convention). Parameters without a gradient or Adam state are left out, as ``Adam.step``
-    leaves out parameters without a gradient."""
+    convention). Parameters without a gradient are left out, as ``Adam.step`` leaves them out;
+    :meth:`ensure_state` must have created the state of the others before a capture."""
 
     def __init__(self, opt: torch.optim.Optimizer, device: torch.device):
         if not (isinstance(opt, torch.optim.Adam) and hasattr(torch, "_fused_adam_")
@@ -101,6 +101,26 @@ class GraphableAdamStep:
         self.lrs = torch.zeros(len(opt.param_groups), dtype=torch.float32, device=device)
         self._lr_values: List[Optional[float]] = [None] * len(opt.param_groups)
         self.sync_learning_rates()
+
+    def ensure_state(self) -> None:
+        """Create Adam's state (zero moments, step 0 on the parameter's device, the layout of
+        ``Adam(fused=True)``) for every trainable parameter that has none yet (``Adam.step`` makes
+        it on a parameter's first update, which inside a captured graph never runs eagerly), and
+        move step counters that sit on another device (a restored checkpoint) to the parameter's."""
+        opt = self.optimizer
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state.get(p, {})
+                if "exp_avg" in state:
+                    step = state.get("step")
+                    if isinstance(step, torch.Tensor) and step.device != p.device:  # e.g. restored
+                        state["step"] = step.to(device=p.device, dtype=torch.float32)
+                    continue
+                if not p.requires_grad:
+                    continue
+                opt.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def sync_learning_rates(self) -> None:
         """Write the groups' current ``lr`` into the device tensors (one small fill per change)."""

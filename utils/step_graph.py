@@ -41,6 +41,9 @@ CAMERA_ROW = 40
 _HEADROOM = 1.5      # pair buffer size over the largest pair count seen
 _MIN_CAPACITY = 1 << 16
 _RING = 16           # pair counts in flight to the host
+# The FLAME model's posed-mesh state that one iteration sets (FlameGaussianModel._set_frames).
+_FRAME_ATTRIBUTES = ("verts", "verts_cano", "face_center", "face_orien_mat", "face_orien_quat", "face_scaling",
+                     "timestep")
 
 
 def camera_row(cam: Any, device: torch.device) -> torch.Tensor:
@@ -114,6 +117,7 @@ class TrainStepGraph:
         self.disabled_reason: Optional[str] = None
         self.redo: Deque[Any] = deque()
         self._signature: Optional[Tuple[Any, ...]] = None
+        self._frames: Dict[str, Any] = {}
         self._adam: Optional[GraphableAdamStep] = None
         self._rows: Dict[int, Tuple[Any, torch.Tensor]] = {}
         self._pinned = torch.zeros(_RING, dtype=torch.int64).pin_memory()
@@ -141,6 +145,7 @@ class TrainStepGraph:
             self._signature = self._current_signature(image.shape, with_stats)
         self._adam.sync_learning_rates()
         self.graph.replay()
+        self._restore_frames()
         self._track(iteration, cam)
         return True
 
@@ -149,6 +154,7 @@ class TrainStepGraph:
         self.graph = None
         self.loss_row = None
         self._signature = None
+        self._frames = {}
         opt = getattr(self.gaussians, "optimizer", None)
         if opt is not None:
             opt.zero_grad(set_to_none=True)
@@ -194,6 +200,7 @@ class TrainStepGraph:
         try:
             if self._adam is None or self._adam.optimizer is not opt:
                 self._adam = GraphableAdamStep(opt, self.device)
+            self._adam.ensure_state()
             self._adam.sync_learning_rates()
             # Warm-up on a side stream (lazy initialisations happen outside the capture), with the
             # skip flag set: a no-op for the model; it measures the pair count of this frame.
@@ -218,8 +225,17 @@ class TrainStepGraph:
                      "training goes on with eager kernels")
             return False
         self.graph, self.loss_row = graph, row
+        self._frames = {name: getattr(g, name) for name in _FRAME_ATTRIBUTES if hasattr(g, name)}
         self.captures += 1
         return True
+
+    def _restore_frames(self) -> None:
+        """Point the model's posed-mesh attributes at the graph's outputs (which each replay
+        rewrites): code outside the graph (densification) sees the last iteration's frame even
+        after an evaluation or viewer render posed the model elsewhere, as in the eager loop."""
+        g = self.gaussians
+        for name, value in self._frames.items():
+            setattr(g, name, value)
 
     def _step(self, capacity: int, with_stats: bool) -> torch.Tensor:
         """The captured iteration: returns the loss terms as one float32 row (``loss_keys``)."""
