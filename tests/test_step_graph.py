@@ -78,7 +78,7 @@ def test_graph_iteration_matches_eager(small_subject, flame_assets, tmp_path):
         assert _rel(graph_grads[key], eager_grads[key]) < 1e-4, key
     assert set(graph_losses) == set(losses)
     for key, value in losses.items():
-        assert graph_losses[key] == pytest.approx(float(value), rel=1e-5, abs=1e-7), key
+        assert graph_losses[key] == pytest.approx(float(value.detach()), rel=1e-5, abs=1e-7), key
     assert torch.equal(graph_stats[1], eager_stats[1])
     assert _rel(graph_stats[0], eager_stats[0]) < 1e-4
     expected_radii = torch.maximum(radii0, render_pkg["radii"].float())
@@ -171,11 +171,16 @@ def test_first_iteration_in_the_graph_is_adams_first_step(small_subject, flame_a
         st = opt.state[p]
         b1, b2 = opt.param_groups[0]["betas"]
         eps = opt.param_groups[0]["eps"]
-        grad = p.grad.detach()
+        grad = p.grad.detach().double()
         assert float(st["step"]) == 1.0 and st["step"].device == p.device, key
-        torch.testing.assert_close(st["exp_avg"], (1 - b1) * grad, rtol=1e-6, atol=1e-12, msg=key)
-        torch.testing.assert_close(st["exp_avg_sq"], (1 - b2) * grad * grad, rtol=1e-5, atol=1e-20, msg=key)
-        expected = before[key] - lrs[key] * grad / (grad.abs() + eps)
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6 * max(lrs[key], 1e-12) + 1e-7, msg=key)
+        # float64 expectations; float32 squares of tiny gradients may flush to zero (atol)
+        torch.testing.assert_close(st["exp_avg"].double(), (1 - b1) * grad, rtol=1e-5, atol=1e-30, msg=key)
+        torch.testing.assert_close(st["exp_avg_sq"].double(), (1 - b2) * grad * grad, rtol=1e-5, atol=1e-30,
+                                   msg=key)
+        # one update moves by ~lr where the gradient is not tiny; tiny gradients may round differently
+        expected = before[key].double() - lrs[key] * grad / (grad.abs() + eps)
+        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-3 * lrs[key] + 1e-9, msg=key)
+        if grad.abs().max() > 1e-12:
+            assert (p.detach() != before[key]).any(), key
         checked += 1
     assert checked >= 6
