@@ -50,7 +50,8 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
             "--densify_from_iter", str(args.densify_from), "--densification_interval", str(args.densify_every),
             "--densify_until_iter", str(args.densify_until), "--opacity_reset_interval", str(args.opacity_reset),
             "--position_lr_max_steps", str(max(iterations, 1)), "--save_iterations", str(10 ** 9),
-            "--seed", str(getattr(args, "seed", 0))]
+            "--seed", str(getattr(args, "seed", 0)),
+            "--densify_grad_threshold", str(getattr(args, "densify_grad_threshold", 0.0002))]
     if args.no_finetune:
         argv.append("--not_finetune_flame_params")
     parser = train.build_parser()
@@ -92,6 +93,8 @@ def main() -> int:
     p.add_argument("--densify_every", type=int, default=500)
     p.add_argument("--densify_until", type=int, default=100_000)
     p.add_argument("--opacity_reset", type=int, default=100_000)
+    p.add_argument("--densify_grad_threshold", type=float, default=0.0002,
+                   help="train.py's threshold (lower: more splats, e.g. 0.00003 grows to ~100k)")
     p.add_argument("--no_finetune", action="store_true", help="--not_finetune_flame_params")
     p.add_argument("--seed", type=int, default=0, help="train.py --seed")
     p.add_argument("--evaluate", action="store_true",
@@ -107,6 +110,13 @@ def main() -> int:
                         evaluate=args.evaluate)
     print("[bench] FLAME posing: CUDA graphs" if getattr(full["trainer"].gaussians, "_graphed_pose", None) is not None
           else "[bench] FLAME posing: eager")
+    graph = getattr(full["trainer"], "step_graph", None)
+    if graph is not None:
+        print(f"[bench] training step as one CUDA graph: {graph.captures} captures, {graph.skipped_steps} steps "
+              f"skipped for the pair buffer (now {graph.capacity} pairs, largest frame {graph.max_pairs})"
+              + ("" if graph.enabled else f"; disabled: {graph.disabled_reason}"))
+    else:
+        print("[bench] training step: eager kernels")
     print(f"[bench] {args.iterations} iterations in {full['wall_s']:.1f} s: {full['it_per_s']:.1f} it/s "
           f"(setup {full['setup_s']:.1f} s, {full['splats']} splats at the end, peak {full['peak_gib']:.2f} GiB)")
     for split, m in full["metrics"].items():

@@ -52,7 +52,7 @@ case "$stage" in
     ;;
   ab)
     common=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
-            --densify_until 5000 --opacity_reset 10000 --evaluate)
+            --densify_until 5000 --opacity_reset 10000 --evaluate ${GPU_SESSION_AB_ARGS:-})
     python3 benchmarks/bench_training.py "${common[@]}" > "$LOG/ab_new.log" 2>&1
     echo "[ab] this tree:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_new.log"
     base=${2:-}
@@ -61,7 +61,7 @@ case "$stage" in
       echo "[ab] base tree $base:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/ab_base.log"
     fi
     [ "${GPU_SESSION_EXTRAS:-1}" = 1 ] || exit 0   # 0: skip the rasterizer benchmark and the profile
-    python3 benchmarks/bench_rasterizer.py --backend both > "$LOG/bench_rasterizer.log" 2>&1
+    python3 benchmarks/bench_rasterizer.py --backend both ${GPU_SESSION_RASTER_ARGS:-} > "$LOG/bench_rasterizer.log" 2>&1
     tail -6 "$LOG/bench_rasterizer.log"
     left=$(( ${GPU_SESSION_BUDGET_S:-570} - ($(date +%s) - t_start) ))
     if [ "$left" -gt 60 ]; then
