@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="deterministic algorithms (torch.use_deterministic_algorithms): with --seed, reruns and "
                           "resumed runs repeat a run exactly on CPU (default: False)")
     run.add_argument("--no_cuda_graphs", action="store_true", default=False,
-                     help="on a GPU, run FLAME posing as eager kernels instead of replaying CUDA graphs "
-                          "(default: False)")
+                     help="on a GPU, run every training iteration as eager kernels instead of replaying "
+                          "it (and FLAME posing) as CUDA graphs (default: False)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="allow a model folder that already holds a run: its point_cloud/ and chkpnt*.pth "
                           "are deleted (default: False)")

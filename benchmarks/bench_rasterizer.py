@@ -5,7 +5,8 @@ SH degree 3, 16 cameras around the head, 802x550 pixels, fx = 1800; loss = mean 
 Forward/backward medians over 100 steps (device events), fps over 200 no-grad renders.
 Backend ``cuda`` sizes the (tile, splat) pair buffer exactly (one host synchronisation per call);
 ``cuda_fixed`` gives it a fixed size (1.5x the largest count over the 16 cameras, as the training
-step graph does) and never synchronises.
+step graph does) and never synchronises; ``cuda_graph`` replays that forward and backward as CUDA
+graphs (what a training iteration runs; the no-grad fps column is still the eager call).
 
 usage: python benchmarks/bench_rasterizer.py [--backend cuda|cuda_fixed|reference|both|all] [--n 100000]
        [--width 802] [--height 550] [--profile]
@@ -80,9 +81,40 @@ def make_workload(n: int, width: int, height: int, dev: str = "cuda"):
     return params, cams, bg, tanx, tany
 
 
+def graphed_step(params, cams, bg, tanx, tany, width, height, capacity):
+    """The rasterizer's forward and backward replayed as CUDA graphs (torch.cuda.make_graphed_callables),
+    as the training step runs it: fixed pair buffer, camera matrices in static buffers that the host
+    fills before each call (one copy each)."""
+    means, scales, rots, opac, shs = params
+    view, fullp, campos = (t.clone() for t in cams[0])
+    count = torch.zeros(1, dtype=torch.int64, device="cuda")
+    intr = torch.tensor([tanx, tany, math.nan, math.nan], dtype=torch.float64, device="cuda")
+    s = dgr.GaussianRasterizationSettings(
+        image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
+        viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False,
+        backend="cuda", pair_capacity=capacity, pair_count=count, intrinsics=intr)
+
+    def image_of(m, sc, r, o, sh):
+        return dgr.rasterize_gaussians(m, None, sh, None, o, sc, r, None, s)[0]
+
+    graphed = torch.cuda.make_graphed_callables(image_of, (means, scales, rots, opac, shs))
+
+    def step(cam, backward=True):
+        view.copy_(cam[0])
+        fullp.copy_(cam[1])
+        campos.copy_(cam[2])
+        if not backward:
+            with torch.no_grad():
+                return image_of(means, scales, rots, opac, shs), None, None
+        img = graphed(means, scales, rots, opac, shs)
+        return img, None, (img - 0.5).abs().mean()
+
+    return step, count
+
+
 def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: int, profile: bool) -> dict:
     (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
-    fixed = backend == "cuda_fixed"
+    fixed = backend in ("cuda_fixed", "cuda_graph")
     pair_count = torch.zeros(1, dtype=torch.int64, device="cuda")
     capacity = 0
 
@@ -105,6 +137,9 @@ def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: i
                 step(cam, backward=False)
             max_pairs = max(max_pairs, int(pair_count.item()))
         capacity = -(-int(1.5 * max_pairs) // 65536) * 65536
+    if backend == "cuda_graph":
+        step, pair_count = graphed_step((means, scales, rots, opac, shs), cams, bg, tanx, tany, width, height,
+                                        capacity)
     warm = 10 if backend.startswith("cuda") else 1
     for i in range(warm):
         step(cams[i % 16])[2].backward()
@@ -130,7 +165,7 @@ def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: i
         fps = fps_frames / (time.perf_counter() - t0)
     res = dict(backend=backend, N=n, W=width, H=height, fwd_ms_median=round(fw[len(fw) // 2], 4),
                bwd_ms_median=round(bw[len(bw) // 2], 4), fwd_ms_min=round(fw[0], 4), bwd_ms_min=round(bw[0], 4),
-               render_fps_nograd=round(fps, 1), visible=int((radii > 0).sum().item()),
+               render_fps_nograd=round(fps, 1), visible=None if radii is None else int((radii > 0).sum().item()),
                mean_pixel=round(img.mean().item(), 6), gpu=torch.cuda.get_device_name())
     if fixed:
         res.update(pair_capacity=capacity, max_pairs=max_pairs)
@@ -213,8 +248,8 @@ ORIGINAL_FWD_MS, ORIGINAL_BWD_MS = 0.71, 1.36  # graphdeco's rasterizer, measure
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="cuda", choices=["cuda", "cuda_fixed", "reference", "both", "all"],
-                    help="both: cuda and cuda_fixed; all: also the reference")
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "cuda_fixed", "cuda_graph", "reference", "both", "all"],
+                    help="both: cuda, cuda_fixed and cuda_graph; all: also the reference")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--width", type=int, default=802)
     ap.add_argument("--height", type=int, default=550)
@@ -226,7 +261,8 @@ def main() -> None:
         return
     if args.cpu_breakdown:
         print(json.dumps({"host_us": cpu_breakdown(args.n, args.width, args.height)}), flush=True)
-    backends = {"both": ["cuda", "cuda_fixed"], "all": ["cuda", "cuda_fixed", "reference"]}.get(args.backend,
+    backends = {"both": ["cuda", "cuda_fixed", "cuda_graph"],
+                "all": ["cuda", "cuda_fixed", "cuda_graph", "reference"]}.get(args.backend,
                                                                                                 [args.backend])
     rows = []
     for b in backends:

@@ -172,14 +172,17 @@ def test_first_iteration_in_the_graph_is_adams_first_step(small_subject, flame_a
         b1, b2 = opt.param_groups[0]["betas"]
         eps = opt.param_groups[0]["eps"]
         grad = p.grad.detach().double()
+        m, v = st["exp_avg"].double(), st["exp_avg_sq"].double()
         assert float(st["step"]) == 1.0 and st["step"].device == p.device, key
-        # float64 expectations; float32 squares of tiny gradients may flush to zero (atol)
-        torch.testing.assert_close(st["exp_avg"].double(), (1 - b1) * grad, rtol=1e-5, atol=1e-30, msg=key)
-        torch.testing.assert_close(st["exp_avg_sq"].double(), (1 - b2) * grad * grad, rtol=1e-5, atol=1e-30,
-                                   msg=key)
-        # one update moves by ~lr where the gradient is not tiny; tiny gradients may round differently
-        expected = before[key].double() - lrs[key] * grad / (grad.abs() + eps)
-        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-3 * lrs[key] + 1e-9, msg=key)
+        torch.testing.assert_close(m, (1 - b1) * grad, rtol=1e-5, atol=1e-30,
+                                   msg=lambda text: f"{key} exp_avg: {text}")
+        # v = (1 - b2) g^2, checked against m (float32 squares of tiny gradients may flush to zero)
+        torch.testing.assert_close(v, (1 - b2) / (1 - b1) ** 2 * m * m, rtol=1e-4, atol=1e-30,
+                                   msg=lambda text: f"{key} exp_avg_sq: {text}")
+        # the bias-corrected update from zero moments: p -= lr m_hat / (sqrt(v_hat) + eps) = lr g / (|g| + eps)
+        step = lrs[key] * (m / (1 - b1)) / ((v / (1 - b2)).sqrt() + eps)
+        torch.testing.assert_close(p.detach().double(), before[key].double() - step, rtol=1e-5,
+                                   atol=1e-3 * lrs[key] + 1e-9, msg=lambda text: f"{key} parameter: {text}")
         if grad.abs().max() > 1e-12:
             assert (p.detach() != before[key]).any(), key
         checked += 1

@@ -41,6 +41,7 @@ CAMERA_ROW = 40
 _HEADROOM = 1.5      # pair buffer size over the largest pair count seen
 _MIN_CAPACITY = 1 << 16
 _RING = 16           # pair counts in flight to the host
+_MAX_SIZE_CHANGES = 8  # image size changes tolerated before the graph gives way to eager iterations
 # The FLAME model's posed-mesh state that one iteration sets (FlameGaussianModel._set_frames).
 _FRAME_ATTRIBUTES = ("verts", "verts_cano", "face_center", "face_orien_mat", "face_orien_quat", "face_scaling",
                      "timestep")
@@ -124,6 +125,7 @@ class TrainStepGraph:
         self._events = [torch.cuda.Event() for _ in range(_RING)]
         self._in_flight: Deque[_InFlight] = deque()
         self._launches = 0
+        self._size_changes = 0
 
     # ------------------------------------------------------------------ per iteration
     @property
@@ -138,6 +140,11 @@ class TrainStepGraph:
         self.poll()
         image = cam.image_uint8
         self._load_inputs(cam, image)
+        if self._size_changes > _MAX_SIZE_CHANGES:
+            self.disabled_reason = "the training images differ in size (a capture per size change)"
+            self.invalidate()
+            self.log(f"note: {self.disabled_reason}; training goes on with eager kernels")
+            return False
         signature = self._current_signature(image.shape, with_stats)
         if self.graph is None or not _same(signature, self._signature):
             if not self._capture(with_stats):
@@ -181,6 +188,8 @@ class TrainStepGraph:
             self._rows[key] = cached
         self.row.copy_(cached[1])
         if self.gt is None or self.gt.shape != image.shape:
+            if self.gt is not None:
+                self._size_changes += 1
             self.gt = torch.empty(image.shape, dtype=torch.uint8, device=self.device)
             self.graph = None  # the graph reads the old buffer
         self.gt.copy_(image, non_blocking=True)

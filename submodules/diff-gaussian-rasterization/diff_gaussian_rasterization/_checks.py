@@ -81,33 +81,42 @@ def _check_settings(settings: Any) -> None:
             raise ValueError(f"raster_settings.{name} must have shape (4, 4), got {tuple(t.shape)}")
 
 
+def _two_cols(*allowed: int) -> Any:
+    return lambda s: len(s) == 2 and s[1] in allowed
+
+
+# Expected shape of each per-splat input after its N rows (text for the error, predicate on the shape).
+_SHAPE_RULES: Dict[str, Tuple[str, Any]] = {
+    "means2D": ("(N, 2) or (N, 3)", _two_cols(2, 3)),
+    "opacities": ("(N,) or (N, 1)", lambda s: len(s) == 1 or (len(s) == 2 and s[1] == 1)),
+    "colors_precomp": ("(N, 3)", _two_cols(3)),
+    "scales": ("(N, 3)", _two_cols(3)),
+    "rotations": ("(N, 4)", _two_cols(4)),
+    "cov3D_precomp": ("(N, 6)", _two_cols(6)),
+    "shs": ("(N, K, 3)", lambda s: len(s) == 3 and s[2] == 3),
+}
+
+
 def _check_shapes(settings: Any, tensors: Dict[str, Tensor]) -> None:
     means3D = tensors["means3D"]
-    if means3D.dim() != 2 or means3D.shape[1] != 3:
-        raise ValueError(f"means3D must have shape (N, 3), got {tuple(means3D.shape)}")
-    n = means3D.shape[0]
-    rules: Dict[str, Tuple[str, Any]] = {
-        "means2D": ("(N, 2) or (N, 3)", lambda s: len(s) == 2 and s[1] in (2, 3)),
-        "opacities": ("(N,) or (N, 1)", lambda s: len(s) == 1 or (len(s) == 2 and s[1] == 1)),
-        "colors_precomp": ("(N, 3)", lambda s: len(s) == 2 and s[1] == 3),
-        "scales": ("(N, 3)", lambda s: len(s) == 2 and s[1] == 3),
-        "rotations": ("(N, 4)", lambda s: len(s) == 2 and s[1] == 4),
-        "cov3D_precomp": ("(N, 6)", lambda s: len(s) == 2 and s[1] == 6),
-        "shs": ("(N, K, 3)", lambda s: len(s) == 3 and s[2] == 3),
-    }
+    shape = means3D.shape
+    if len(shape) != 2 or shape[1] != 3:
+        raise ValueError(f"means3D must have shape (N, 3), got {tuple(shape)}")
+    n, device = shape[0], means3D.device
     for name, t in tensors.items():
         if name == "means3D":
             continue
-        rows = t.shape[0] if t.dim() > 0 else None
+        s = t.shape
+        rows = s[0] if s else None
         if rows != n:
             raise ValueError(f"{name} has {rows} rows but means3D has N = {n}")
-        text, ok = rules[name]
-        if not ok(tuple(t.shape)):
-            raise ValueError(f"{name} must have shape {text} with N = {n}, got {tuple(t.shape)}")
+        text, ok = _SHAPE_RULES[name]
+        if not ok(s):
+            raise ValueError(f"{name} must have shape {text} with N = {n}, got {tuple(s)}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-        if t.device != means3D.device:
-            raise ValueError(f"{name} is on {t.device} but means3D is on {means3D.device}")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but means3D is on {device}")
     shs = tensors.get("shs")
     if shs is not None:
         need = (int(settings.sh_degree) + 1) ** 2
