@@ -77,3 +77,17 @@ def test_cuda_record_does_not_synchronise():
         torch.cuda.set_sync_debug_mode(0)
     means, bad = w.drain()
     assert bad is None and means["l1"] == pytest.approx(float(vals["l1"]), rel=1e-6)
+
+
+def test_record_row_matches_record():
+    a, b = LossWindow(2, "cpu"), LossWindow(2, "cpu")
+    rows = [{"l1": 0.5, "ssim": 0.25, "total": 0.75}, {"l1": 0.1, "ssim": 0.2, "total": 0.3},
+            {"l1": 1.0, "ssim": 0.0, "total": 1.0}]
+    for it, values in enumerate(rows, 1):
+        a.record(it, _losses(values))
+        b.record_row(it, tuple(values), torch.tensor(list(values.values())))
+    assert a.drain() == b.drain()
+    with pytest.raises(ValueError, match="shape"):
+        b.record_row(4, ("l1", "total"), torch.zeros(3))
+    with pytest.raises(KeyError, match="total"):
+        b.record_row(4, ("l1", "ssim"), torch.zeros(2))

@@ -275,3 +275,39 @@ def test_bad_inputs_raise_clear_errors():
         bad = make_settings(16, 16, sh_degree=3)[0]
         rasterize_gaussians_cpu(scene["means3D"], None, scene["shs"][:, :4], None, scene["opacities"],
                                 scene["scales"], scene["rotations"], None, bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device-side settings on the host backends
+# ----------------------------------------------------------------------------------------------
+def test_intrinsics_tensor_replaces_host_values_on_host_backends():
+    """``intrinsics`` (float64 tanfovx, tanfovy, cx, cy) wins over stale host values on the CPU and
+    reference backends too; NaN cx / cy mean centred."""
+    import diff_gaussian_rasterization as dgr
+
+    for cx, cy in ((None, None), (30.5, 19.0)):
+        s, w2c = make_settings(64, 48, fx=58.0, fy=52.0, cx=cx, cy=cy, sh_degree=1)
+        scene = make_scene(150, s, w2c, seed=3, sh_k=4)
+        intr = torch.tensor([s.tanfovx, s.tanfovy, float("nan") if cx is None else cx,
+                             float("nan") if cy is None else cy], dtype=torch.float64)
+        stale = s._replace(tanfovx=0.9, tanfovy=1.3, cx=5.0, cy=7.0, intrinsics=intr)
+        for backend in ("reference", "cpu") if cpu_available() else ("reference",):
+            args = (scene["means3D"], None, scene["shs"], None, scene["opacities"], scene["scales"],
+                    scene["rotations"], None)
+            img, radii = dgr.rasterize_gaussians(*args, s._replace(backend=backend))
+            img_d, radii_d = dgr.rasterize_gaussians(*args, stale._replace(backend=backend))
+            assert torch.equal(img_d, img) and torch.equal(radii_d, radii), (backend, cx)
+
+
+def test_pair_buffer_options_need_the_cuda_backend():
+    import diff_gaussian_rasterization as dgr
+
+    s, w2c = make_settings(32, 24, sh_degree=0)
+    scene = make_scene(20, s, w2c, seed=4, sh_k=1)
+    args = (scene["means3D"], None, scene["shs"], None, scene["opacities"], scene["scales"], scene["rotations"], None)
+    with pytest.raises(ValueError, match="CUDA backend"):
+        dgr.rasterize_gaussians(*args, s._replace(backend="reference", pair_capacity=1000))
+    with pytest.raises(ValueError, match="CUDA backend"):
+        dgr.rasterize_gaussians(*args, s._replace(backend="reference", pair_count=torch.zeros(1, dtype=torch.int64)))
+    with pytest.raises(ValueError, match="intrinsics"):
+        dgr.rasterize_gaussians(*args, s._replace(intrinsics=torch.zeros(3, dtype=torch.float64)))
