@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-__all__ = ["render", "build_covariance_3d", "PipelineSettings", "DeviceRasterInputs"]
+__all__ = ["render", "build_covariance_3d", "PipelineSettings", "DeviceRasterInputs", "camera_intrinsics"]
 
 
 @dataclass
@@ -63,11 +63,13 @@ def _python_colors(viewpoint_camera: Any, pc: Any, means3D: torch.Tensor) -> tor
     return torch.clamp_min(rgb + 0.5, 0.0)
 
 
-def _camera_principal_point(cam: Any) -> tuple:
-    """``(cx, cy)`` in pixels, or ``(None, None)`` for a centred camera without them."""
+def camera_intrinsics(cam: Any) -> tuple:
+    """``(tanfovx, tanfovy, cx, cy)`` the rasterizer receives for ``cam``: half-angle tangents of
+    its field of view and its principal point in pixels (``None`` for a centred camera)."""
     cx = getattr(cam, "cx", None)
     cy = getattr(cam, "cy", None)
-    return (None if cx is None else float(cx)), (None if cy is None else float(cy))
+    return (math.tan(float(cam.FoVx) * 0.5), math.tan(float(cam.FoVy) * 0.5),
+            None if cx is None else float(cx), None if cy is None else float(cy))
 
 
 def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
@@ -95,9 +97,7 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
     if track_grad and not screenspace_points.is_leaf:
         screenspace_points.retain_grad()
 
-    tanfovx = math.tan(float(viewpoint_camera.FoVx) * 0.5)
-    tanfovy = math.tan(float(viewpoint_camera.FoVy) * 0.5)
-    cx, cy = _camera_principal_point(viewpoint_camera)
+    tanfovx, tanfovy, cx, cy = camera_intrinsics(viewpoint_camera)
     to_dev = dict(device=device, dtype=torch.float32)
     settings = GaussianRasterizationSettings(
         image_height=int(viewpoint_camera.image_height),
@@ -115,10 +115,10 @@ def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,
         cx=cx,
         cy=cy,
         backend=getattr(pipe, "backend", "auto"),
+        pair_capacity=0 if device_inputs is None else int(device_inputs.pair_capacity),
+        pair_count=None if device_inputs is None else device_inputs.pair_count,
+        intrinsics=None if device_inputs is None else device_inputs.intrinsics,
     )
-    if device_inputs is not None:
-        settings = settings._replace(intrinsics=device_inputs.intrinsics, pair_capacity=int(device_inputs.pair_capacity),
-                                     pair_count=device_inputs.pair_count)
 
     opacity = pc.get_opacity
     scales = rotations = cov3D_precomp = None

@@ -13,7 +13,7 @@ construction; otherwise (CPU, other PyTorch versions, unusual group settings) ``
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -51,37 +51,58 @@ def fused_adam_step(opt: torch.optim.Optimizer) -> Optional[bool]:
     """One Adam update of ``opt`` through the fused kernels. True when done; False (nothing
     changed) when some parameter has no Adam state yet or a step counter sits on another device
     than its parameter; None (nothing changed) when a group left the plain fused case."""
+    problem, batches, all_steps = _fused_batches(opt)
+    if problem is not None:
+        return None if problem == "settings" else False  # Adam.step copes with the others
+    _launch_fused(batches, all_steps, lambda gi, group: float(group["lr"]))
+    return True
+
+
+def _fused_batches(opt: torch.optim.Optimizer) -> Tuple[Optional[str], List[tuple], List[torch.Tensor]]:
+    """``(problem, batches, step counters)`` of the parameters that hold a gradient: one batch
+    ``(group index, group, params, grads, exp_avgs, exp_avg_sqs, steps)`` per group. ``problem``
+    is None, or why the fused update cannot run: "settings" (a group left the plain fused case),
+    "state" (a parameter has no Adam state yet; Adam creates it on its first step) or "device"
+    (a step counter sits on another device than its parameter, e.g. restored)."""
     batches: List[tuple] = []
     all_steps: List[torch.Tensor] = []
-    for group in opt.param_groups:
+    for gi, group in enumerate(opt.param_groups):
         if not _plain_fused_group(group):
-            return None
+            return "settings", [], []
         params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
             state = opt.state.get(p)
             if not state or "exp_avg" not in state or "step" not in state:
-                return False  # Adam creates the state on its first step
+                return "state", [], []
             if not isinstance(state["step"], torch.Tensor) or state["step"].device != p.device:
-                return False  # a counter on another device (e.g. restored): Adam.step copes
+                return "device", [], []
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
         if params:
-            batches.append((group, params, grads, exp_avgs, exp_avg_sqs, steps))
+            batches.append((gi, group, params, grads, exp_avgs, exp_avg_sqs, steps))
             all_steps.extend(steps)
-    if not batches:
-        return True
+    return None, batches, all_steps
+
+
+def _launch_fused(batches: List[tuple], all_steps: List[torch.Tensor], lr_of: Callable[[int, dict], Any],
+                  skip: Optional[torch.Tensor] = None) -> None:
+    """The kernels of one update: step counters (+1, or +1 - ``skip``), then one ``_fused_adam_``
+    per batch with learning rate ``lr_of(group index, group)`` (a float or a device tensor)."""
+    if not all_steps:
+        return
     torch._foreach_add_(all_steps, 1)
-    for group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
+    if skip is not None:
+        torch._foreach_sub_(all_steps, [skip] * len(all_steps))
+    for gi, group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
         beta1, beta2 = group["betas"]
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                           lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=0.0,
-                           eps=float(group["eps"]), maximize=False, grad_scale=None, found_inf=None)
-    return True
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr_of(gi, group),
+                           beta1=float(beta1), beta2=float(beta2), weight_decay=0.0, eps=float(group["eps"]),
+                           maximize=False, grad_scale=None, found_inf=skip)
 
 
 class GraphableAdamStep:
@@ -131,31 +152,13 @@ class GraphableAdamStep:
                 self._lr_values[gi] = lr
 
     def step(self, skip: torch.Tensor) -> None:
-        """Adam update of every parameter with a gradient and state, unless ``skip`` (float32
-        0-d on the device) is 1. No host synchronisation; learning rates from :attr:`lrs`."""
-        opt = self.optimizer
-        batches: List[tuple] = []
-        all_steps: List[torch.Tensor] = []
-        for gi, group in enumerate(opt.param_groups):
-            params = [p for p in group["params"] if p.grad is not None and "exp_avg" in opt.state.get(p, {})]
-            if not params:
-                continue
-            states = [opt.state[p] for p in params]
-            steps = [st["step"] for st in states]
-            if any(not isinstance(t, torch.Tensor) or t.device != p.device for t, p in zip(steps, params)):
-                raise ValueError("GraphableAdamStep: Adam step counters must live on the parameters' device")
-            batches.append((gi, group, params, [p.grad for p in params], [st["exp_avg"] for st in states],
-                            [st["exp_avg_sq"] for st in states], steps))
-            all_steps.extend(steps)
-        if not all_steps:
-            return
-        torch._foreach_add_(all_steps, 1)
-        torch._foreach_sub_(all_steps, [skip] * len(all_steps))
-        for gi, group, params, grads, exp_avgs, exp_avg_sqs, steps in batches:
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=self.lrs[gi],
-                               beta1=float(beta1), beta2=float(beta2), weight_decay=0.0, eps=float(group["eps"]),
-                               maximize=False, grad_scale=None, found_inf=skip)
+        """Adam update of every parameter with a gradient, unless ``skip`` (float32 0-d on the
+        device) is 1. No host synchronisation; learning rates from :attr:`lrs`."""
+        problem, batches, all_steps = _fused_batches(self.optimizer)
+        if problem is not None:
+            raise ValueError(f"GraphableAdamStep: the fused update cannot run ({problem}); "
+                             "call ensure_state() before the step")
+        _launch_fused(batches, all_steps, lambda gi, group: self.lrs[gi], skip)
 
 
 def _probe_matches(device: Optional[torch.device]) -> bool:

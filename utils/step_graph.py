@@ -55,10 +55,9 @@ def camera_row(cam: Any, device: torch.device) -> torch.Tensor:
             raise ValueError(f"camera {getattr(cam, 'image_name', '?')}: {name} has {v.numel()} values, expected {n}")
         return v
 
-    nan = float("nan")
-    cx, cy = getattr(cam, "cx", None), getattr(cam, "cy", None)
-    intr = torch.tensor([math.tan(float(cam.FoVx) * 0.5), math.tan(float(cam.FoVy) * 0.5),
-                         nan if cx is None else float(cx), nan if cy is None else float(cy)], dtype=torch.float64)
+    from gaussian_renderer import camera_intrinsics
+
+    intr = torch.tensor([math.nan if v is None else v for v in camera_intrinsics(cam)], dtype=torch.float64)
     timestep = getattr(cam, "timestep", None)
     t = torch.tensor([0.0 if timestep is None else float(int(timestep))], dtype=torch.float64)
     row = torch.cat([values(cam.world_view_transform, 16, "world_view_transform"),
