@@ -235,6 +235,29 @@ def test_elongated_opaque_splats():
     compare(scene, s)
 
 
+def test_equal_depths_blend_in_index_order():
+    """Overlapping opaque splats at one and the same view depth: the kernels sort splats by depth
+    first and then pairs by tile alone, so ties must keep the splats' index order, as in the
+    reference (and the original's stable sort). A wrong tie order changes these pixels by far more
+    than the tolerance."""
+    _require_cuda()
+    s = make_settings(64, 48, 60.0, 60.0, tilt=False, sh_degree=0)  # identity view: depth = z exactly
+    scene = make_scene(400, s, seed=31, depth=(2.0, 2.0), log_scale=(-2.5, -1.5), sh_coeffs=1)
+    assert torch.unique(scene["means3D"][:, 2]).numel() == 1
+    scene["opacities"] = torch.full_like(scene["opacities"], 0.9)
+    compare(scene, s)
+
+
+def test_image_with_more_than_65536_tiles():
+    """Past 65,535 tiles the pair keys are 32 bits wide instead of 16: same agreement with the
+    reference, also in the last tiles (a truncated key would lose or misplace them)."""
+    _require_cuda()
+    s = make_settings(8192, 2064, 3000.0, 3000.0, sh_degree=1)  # 512 x 129 = 66,048 tiles
+    scene = make_scene(3000, s, seed=32, log_scale=(-4.0, -3.0))
+    img, _, _ = compare(scene, s)
+    assert (img[:, -16:, -1024:] - s.bg.view(3, 1, 1)).abs().amax() > 0.05  # splats reach the last tiles
+
+
 # ----------------------------------------------------------------------------------------------
 # Edge cases
 # ----------------------------------------------------------------------------------------------

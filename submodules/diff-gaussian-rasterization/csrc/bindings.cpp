@@ -131,72 +131,143 @@ private:
     size_t off_ = 0;
 };
 
-// Per-splat state of a forward pass (radii live in their own tensor: they are returned to the caller).
+// Per-splat buffers of a forward pass (radii live in their own tensor: they are returned to the
+// caller). The state that the backward pass reads (xy, conic_opacity, rgb) comes first, so that it
+// finds it without sizing the scratch of the depth order behind it.
 struct GeomLayout {
     gsr::SplatState st;
-    int64_t* offsets;
+    gsr::DepthOrder ord;
+    void* sort_tmp;
+    size_t sort_bytes;
     void* scan_tmp;
     size_t scan_bytes;
 };
 
-GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t scan_bytes, size_t& bytes) {
+// Byte size of the part that the backward pass reads.
+size_t backward_geom_bytes(int64_t n) {
+    Carver c(nullptr);
+    c.take<float2>(n);
+    c.take<float4>(n);
+    c.take<float>(3 * n);
+    return c.size();
+}
+
+GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t sort_bytes, size_t scan_bytes, size_t& bytes) {
     Carver c(base);
     GeomLayout g;
     g.st.xy = c.take<float2>(n);
-    g.st.depth = c.take<float>(n);
     g.st.conic_opacity = c.take<float4>(n);
     g.st.rgb = c.take<float>(3 * n);
     g.st.radii = radii;
     g.st.tiles_touched = c.take<int64_t>(n);
-    g.offsets = c.take<int64_t>(n);
+    g.ord.keys = c.take<uint32_t>(n);
+    g.ord.keys_sorted = c.take<uint32_t>(n);
+    g.ord.index = c.take<int32_t>(n);
+    g.ord.order = c.take<int32_t>(n);
+    g.ord.touched_sorted = c.take<int64_t>(n);
+    g.ord.offsets = c.take<int64_t>(n);
+    g.ord.total = nullptr;  // lives in the image buffer (zeroed with the tile ranges)
+    g.sort_bytes = sort_bytes;
+    g.sort_tmp = c.take<char>((int64_t)sort_bytes);
     g.scan_bytes = scan_bytes;
-    g.scan_tmp = c.take<char>((int64_t)g.scan_bytes);
+    g.scan_tmp = c.take<char>((int64_t)scan_bytes);
     bytes = c.size();
     return g;
 }
 
 // Per-pair buffers; point_list comes first so that the backward pass finds it at offset 0.
+// Keys are tile indices of `key_bytes` (2 or 4) bytes.
 struct BinLayout {
     int32_t* point_list;
     int32_t* vals_unsorted;
-    uint64_t* keys_unsorted;
-    uint64_t* keys_sorted;
+    void* keys_unsorted;
+    void* keys_sorted;
     void* sort_tmp;
     size_t sort_bytes;
 };
 
-BinLayout carve_bins(void* base, int64_t pairs, size_t sort_bytes, size_t& bytes) {
+BinLayout carve_bins(void* base, int64_t pairs, int key_bytes, size_t sort_bytes, size_t& bytes) {
     Carver c(base);
     BinLayout b;
     b.point_list = c.take<int32_t>(pairs);
     b.vals_unsorted = c.take<int32_t>(pairs);
-    b.keys_unsorted = c.take<uint64_t>(pairs);
-    b.keys_sorted = c.take<uint64_t>(pairs);
+    b.keys_unsorted = c.take<char>(pairs * key_bytes);
+    b.keys_sorted = c.take<char>(pairs * key_bytes);
     b.sort_bytes = sort_bytes;
     b.sort_tmp = c.take<char>((int64_t)b.sort_bytes);
     bytes = c.size();
     return b;
 }
 
-// Per-image buffers: tile ranges, final transmittance, last contributor.
+// Per-image buffers: pair count and tile ranges (zeroed together), final transmittance, last
+// contributor.
 struct ImageLayout {
+    unsigned long long* total;
     int64_t* ranges;
     float* final_T;
     int32_t* n_contrib;
+    size_t zeroed_bytes;  // from `total` to the end of `ranges`
 };
 
 ImageLayout carve_image(void* base, int64_t num_tiles, int64_t pixels, size_t& bytes) {
     Carver c(base);
     ImageLayout im;
+    im.total = c.take<unsigned long long>(1);
     im.ranges = c.take<int64_t>(2 * num_tiles);
+    im.zeroed_bytes = reinterpret_cast<char*>(im.ranges + 2 * num_tiles) - reinterpret_cast<char*>(im.total);
     im.final_T = c.take<float>(pixels);
     im.n_contrib = c.take<int32_t>(pixels);
     bytes = c.size();
     return im;
 }
 
+// The pair count of an exact-size forward pass reaches the host through a pinned slot and an event
+// (one of each per thread and device), so that the depth sort runs on the GPU while the host waits.
+struct CountReadback {
+    int64_t* host = nullptr;
+    cudaEvent_t event = nullptr;
+};
+
+CountReadback& count_readback(int device) {
+    constexpr int kMaxDevices = 64;
+    thread_local CountReadback slots[kMaxDevices];
+    TORCH_CHECK(device >= 0 && device < kMaxDevices, "diff_gaussian_rasterization: device index ", device,
+                " out of range");
+    CountReadback& r = slots[device];
+    if (r.host == nullptr) {
+        void* p = nullptr;
+        TORCH_CHECK(cudaHostAlloc(&p, sizeof(int64_t), cudaHostAllocPortable) == cudaSuccess,
+                    "diff_gaussian_rasterization: cudaHostAlloc failed");
+        r.host = static_cast<int64_t*>(p);
+    }
+    if (r.event == nullptr)
+        TORCH_CHECK(cudaEventCreateWithFlags(&r.event, cudaEventDisableTiming) == cudaSuccess,
+                    "diff_gaussian_rasterization: cudaEventCreate failed");
+    return r;
+}
+
 Tensor byte_buffer(size_t bytes, const torch::TensorOptions& opt) {
     return torch::empty({(int64_t)bytes}, opt.dtype(torch::kUInt8));
+}
+
+// Key duplication (front to back), padding of a fixed-size buffer, the stable sort by tile and the
+// tile ranges.
+template <typename Key>
+void emit_and_sort_pairs(const gsr::Camera& cam, int n, const GeomLayout& g, const ImageLayout& im, const BinLayout& b,
+                         int64_t num_rendered, bool fixed_size, int tile_bits, bool debug, Key* keys_unsorted,
+                         Key* keys_sorted, cudaStream_t stream) {
+    const int num_tiles = cam.tiles_x * cam.tiles_y;
+    gsr::launch_duplicate(cam, n, g.st, g.ord, num_rendered, keys_unsorted, b.vals_unsorted, stream);
+    check_launch(debug, "key duplication");
+    if (fixed_size) {
+        gsr::launch_pad_pairs(num_rendered, im.total, num_tiles, keys_unsorted, b.vals_unsorted, stream);
+        check_launch(debug, "pair padding");
+    }
+    gsr::radix_sort(b.sort_tmp, b.sort_bytes, keys_unsorted, keys_sorted, b.vals_unsorted, b.point_list, num_rendered,
+                    tile_bits, stream);
+    check_launch(debug, "radix sort");
+    gsr::launch_tile_ranges(num_rendered, num_tiles, keys_sorted, im.ranges, stream);
+    check_launch(debug, "tile ranges");
 }
 
 // Returns (color (3, H, W), radii (N,), geom, bins, image) - the last three are opaque byte buffers
@@ -228,65 +299,69 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
 
     Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
     size_t geom_bytes = 0;
+    const size_t depth_sort_bytes = n > 0 ? gsr::depth_sort_temp_bytes((int)n) : 0;
     const size_t scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
-    carve_geom(nullptr, n, nullptr, scan_bytes, geom_bytes);
+    carve_geom(nullptr, n, nullptr, depth_sort_bytes, scan_bytes, geom_bytes);
     Tensor geom = byte_buffer(geom_bytes, fopt);
-    const GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), scan_bytes, geom_bytes);
+    GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), depth_sort_bytes, scan_bytes, geom_bytes);
     size_t image_bytes = 0;
     carve_image(nullptr, num_tiles, H * W, image_bytes);
     Tensor image = byte_buffer(image_bytes, fopt);
     const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, image_bytes);
+    g.ord.total = im.total;
     Tensor color = torch::empty({3, H, W}, fopt);
 
-    TORCH_CHECK(cudaMemsetAsync(im.ranges, 0, sizeof(int64_t) * 2 * num_tiles, stream) == cudaSuccess,
+    TORCH_CHECK(cudaMemsetAsync(im.total, 0, im.zeroed_bytes, stream) == cudaSuccess,
                 "diff_gaussian_rasterization: cudaMemsetAsync failed");
-    gsr::launch_preprocess(cam, in, g.st, stream);
+    gsr::launch_preprocess(cam, in, g.st, g.ord, stream);
     check_launch(debug, "preprocess");
+    if (present(pair_count))
+        TORCH_CHECK(cudaMemcpyAsync(pair_count.data_ptr<int64_t>(), im.total, sizeof(int64_t),
+                                    cudaMemcpyDeviceToDevice, stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: copying the pair count failed");
     // Pair buffer size: the exact number of (tile, splat) pairs, read back with the one host
-    // synchronisation of the pass, or a fixed pair_capacity (no synchronisation: pairs beyond it are
-    // dropped, and pair_count tells the caller that the image is incomplete).
-    int64_t num_rendered = 0;
+    // synchronisation of the pass (the depth sort is queued before the host waits, so the GPU stays
+    // busy meanwhile), or a fixed pair_capacity (no synchronisation: pairs beyond it are dropped,
+    // and pair_count tells the caller that the image is incomplete).
     const bool fixed_size = pair_capacity > 0;
-    if (n > 0) {
-        gsr::inclusive_scan(g.scan_tmp, g.scan_bytes, g.st.tiles_touched, g.offsets, (int)n, stream);
-        check_launch(debug, "prefix sum");
-        if (present(pair_count))
-            TORCH_CHECK(cudaMemcpyAsync(pair_count.data_ptr<int64_t>(), g.offsets + (n - 1), sizeof(int64_t),
-                                        cudaMemcpyDeviceToDevice, stream) == cudaSuccess,
-                        "diff_gaussian_rasterization: copying the pair count failed");
-        if (fixed_size) {
-            num_rendered = pair_capacity;
-        } else {
-            TORCH_CHECK(cudaMemcpyAsync(&num_rendered, g.offsets + (n - 1), sizeof(int64_t), cudaMemcpyDeviceToHost,
-                                        stream) == cudaSuccess &&
-                            cudaStreamSynchronize(stream) == cudaSuccess,
-                        "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
-                        cudaGetErrorString(cudaGetLastError()));
-        }
-    } else if (present(pair_count)) {
-        TORCH_CHECK(cudaMemsetAsync(pair_count.data_ptr<int64_t>(), 0, sizeof(int64_t), stream) == cudaSuccess,
-                    "diff_gaussian_rasterization: cudaMemsetAsync failed");
+    CountReadback* readback = nullptr;
+    if (n > 0 && !fixed_size) {
+        readback = &count_readback(means3D.device().index());
+        TORCH_CHECK(cudaMemcpyAsync(readback->host, im.total, sizeof(int64_t), cudaMemcpyDeviceToHost, stream) ==
+                            cudaSuccess &&
+                        cudaEventRecord(readback->event, stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: queueing the pair-count read-back failed");
+    }
+    gsr::order_by_depth(g.sort_tmp, g.sort_bytes, g.scan_tmp, g.scan_bytes, (int)n, g.st, g.ord, stream);
+    check_launch(debug, "depth order");
+    int64_t num_rendered = 0;
+    if (fixed_size) {
+        num_rendered = n > 0 ? pair_capacity : 0;
+    } else if (readback != nullptr) {
+        TORCH_CHECK(cudaEventSynchronize(readback->event) == cudaSuccess,
+                    "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
+                    cudaGetErrorString(cudaGetLastError()));
+        num_rendered = *readback->host;
     }
 
-    const int end_bit = 32 + gsr::num_bits((uint32_t)num_tiles);  // holds tile index num_tiles (padding) too
+    // tile keys: 16 bits when they hold every tile index and the padding key num_tiles
+    const int tile_bits = gsr::num_bits((uint32_t)num_tiles);
+    const int key_bytes = tile_bits <= 16 ? 2 : 4;
     size_t bin_bytes = 0;
-    const size_t sort_bytes = num_rendered > 0 ? gsr::sort_temp_bytes(num_rendered, end_bit) : 0;
-    carve_bins(nullptr, num_rendered, sort_bytes, bin_bytes);
+    const size_t sort_bytes = num_rendered > 0 ? gsr::sort_temp_bytes(num_rendered, tile_bits, key_bytes) : 0;
+    carve_bins(nullptr, num_rendered, key_bytes, sort_bytes, bin_bytes);
     Tensor bins = byte_buffer(bin_bytes, fopt);
-    const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, sort_bytes, bin_bytes);
+    const BinLayout b = carve_bins(bins.data_ptr(), num_rendered, key_bytes, sort_bytes, bin_bytes);
     if (num_rendered > 0) {
-        gsr::launch_duplicate(cam, (int)n, g.st, g.offsets, num_rendered, b.keys_unsorted, b.vals_unsorted, stream);
-        check_launch(debug, "key duplication");
-        if (fixed_size) {
-            gsr::launch_pad_pairs(num_rendered, g.offsets + (n - 1), (int)num_tiles, b.keys_unsorted, b.vals_unsorted,
-                                  stream);
-            check_launch(debug, "pair padding");
+        if (key_bytes == 2) {
+            emit_and_sort_pairs(cam, (int)n, g, im, b, num_rendered, fixed_size, tile_bits, debug,
+                                static_cast<uint16_t*>(b.keys_unsorted), static_cast<uint16_t*>(b.keys_sorted),
+                                stream);
+        } else {
+            emit_and_sort_pairs(cam, (int)n, g, im, b, num_rendered, fixed_size, tile_bits, debug,
+                                static_cast<uint32_t*>(b.keys_unsorted), static_cast<uint32_t*>(b.keys_sorted),
+                                stream);
         }
-        gsr::radix_sort(b.sort_tmp, b.sort_bytes, b.keys_unsorted, b.keys_sorted, b.vals_unsorted, b.point_list,
-                        num_rendered, end_bit, stream);
-        check_launch(debug, "radix sort");
-        gsr::launch_tile_ranges(num_rendered, (int)num_tiles, b.keys_sorted, im.ranges, stream);
-        check_launch(debug, "tile ranges");
     }
     gsr::launch_render_forward(cam, im.ranges, b.point_list, g.st, color.data_ptr<float>(), im.final_T,
                                im.n_contrib, stream);
@@ -319,9 +394,9 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     const Tensor grad = dL_dout.contiguous();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
     size_t bytes = 0;
-    const size_t scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
-    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), scan_bytes, bytes);
-    TORCH_CHECK(bytes == (size_t)geom.numel(), "diff_gaussian_rasterization: forward state does not match the inputs");
+    TORCH_CHECK(radii.numel() == n && backward_geom_bytes(n) <= (size_t)geom.numel(),
+                "diff_gaussian_rasterization: forward state does not match the inputs");
+    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), 0, 0, bytes);
     const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, bytes);
     TORCH_CHECK(bytes == (size_t)image.numel(), "diff_gaussian_rasterization: forward state does not match the image");
     const int32_t* point_list = reinterpret_cast<const int32_t*>(bins.data_ptr());

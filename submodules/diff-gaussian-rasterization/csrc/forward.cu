@@ -1,4 +1,5 @@
-// Forward pass of the tile rasterizer: preprocess, key duplication, sort, tile ranges, blending.
+// Forward pass of the tile rasterizer: preprocess, depth order, key duplication (front to back), sort
+// by tile, tile ranges, blending.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
@@ -10,16 +11,16 @@ namespace gsr {
 // ---------------------------------------------------------------------------------------------
 // Preprocess: one thread per splat. Culling, 3D/2D covariance, conic, radius, tiles, colour.
 // ---------------------------------------------------------------------------------------------
-__global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= in.n) return;
+// Splat i: writes its state and returns the number of tiles it touches (0: culled); `depth_key`
+// receives the bits of its view depth (positive floats order as their bit patterns).
+__device__ __forceinline__ int64_t preprocess_splat(Camera& cam, const SplatInputs& in, const SplatState& st,
+                                                    int i, uint32_t& depth_key) {
     st.radii[i] = 0;
     st.tiles_touched[i] = 0;
-    load_intrinsics(cam);
 
     const float3 p = make_float3(in.means[3 * i], in.means[3 * i + 1], in.means[3 * i + 2]);
     const float3 t = view_point(cam, p);
-    if (!(t.z > kNearCull)) return;  // also rejects NaN depths
+    if (!(t.z > kNearCull)) return 0;  // also rejects NaN depths
 
     const float4 ph = proj_point(cam, p);
     const float pw = 1.0f / (ph.w + 1e-7f);
@@ -45,17 +46,17 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
     const float b = e.t0[0] * u1[0] + e.t0[1] * u1[1] + e.t0[2] * u1[2];
     const float c = e.t1[0] * u1[0] + e.t1[1] * u1[1] + e.t1[2] * u1[2] + kDilation;
     const float det = a * c - b * b;
-    if (!(det > 0.0f) || !isfinite(det)) return;  // the reference culls det <= 0 and non-finite
+    if (!(det > 0.0f) || !isfinite(det)) return 0;  // the reference culls det <= 0 and non-finite
     const float inv_det = 1.0f / det;
     const float mid = 0.5f * (a + c);
     const float disc = sqrtf(fmaxf(0.1f, mid * mid - det));
     const float lam = fmaxf(mid + disc, mid - disc);
     const float radius_f = ceilf(3.0f * sqrtf(lam));
-    if (!(radius_f > 0.0f) || !isfinite(xy.x) || !isfinite(xy.y)) return;  // NaN / degenerate
+    if (!(radius_f > 0.0f) || !isfinite(xy.x) || !isfinite(xy.y)) return 0;  // NaN / degenerate
     const float radius = fminf(radius_f, 1.0e9f);
     int2 rmin, rmax;
     tile_rect(cam, xy, radius, rmin, rmax);
-    if ((rmax.x - rmin.x) * (rmax.y - rmin.y) == 0) return;
+    if ((rmax.x - rmin.x) * (rmax.y - rmin.y) == 0) return 0;
     const float4 conic_op = make_float4(c * inv_det, -b * inv_det, a * inv_det, in.opacities[i]);
     // Tiles of the rectangle where the splat can contribute at all (see tile_hit).
     int64_t touched = 0;
@@ -88,16 +89,41 @@ __global__ void preprocess_kernel(Camera cam, SplatInputs in, SplatState st) {
     }
 
     st.xy[i] = xy;
-    st.depth[i] = t.z;
+    depth_key = __float_as_uint(t.z);
     st.conic_opacity[i] = conic_op;
     st.rgb[3 * i] = rgb[0]; st.rgb[3 * i + 1] = rgb[1]; st.rgb[3 * i + 2] = rgb[2];
     st.radii[i] = (int)radius;
     st.tiles_touched[i] = touched;
+    return touched;
 }
 
-void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, cudaStream_t s) {
+// One thread per splat; each block adds its splats' tile counts to ord.total (one atomic).
+__global__ void __launch_bounds__(256) preprocess_kernel(Camera cam, SplatInputs in, SplatState st, DepthOrder ord) {
+    __shared__ unsigned long long s_warp[8];
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned long long touched = 0;
+    if (i < in.n) {
+        load_intrinsics(cam);
+        uint32_t key = 0xFFFFFFFFu;  // culled splats sort last (they emit no pairs)
+        touched = (unsigned long long)preprocess_splat(cam, in, st, i, key);
+        ord.keys[i] = touched > 0 ? key : 0xFFFFFFFFu;
+        ord.index[i] = i;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) touched += __shfl_xor_sync(0xffffffffu, touched, o);
+    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = touched;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned long long sum = 0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) sum += s_warp[w];
+        if (sum) atomicAdd(ord.total, sum);
+    }
+}
+
+void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, const DepthOrder& ord,
+                       cudaStream_t s) {
     if (in.n == 0) return;
-    preprocess_kernel<<<(in.n + 255) / 256, 256, 0, s>>>(cam, in, st);
+    preprocess_kernel<<<(in.n + 255) / 256, 256, 0, s>>>(cam, in, st, ord);
 }
 
 size_t scan_temp_bytes(int n) {
@@ -106,73 +132,120 @@ size_t scan_temp_bytes(int n) {
     return bytes;
 }
 
-void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, int n, cudaStream_t s) {
-    cub::DeviceScan::InclusiveSum(tmp, bytes, in, out, n, s);
+size_t depth_sort_temp_bytes(int n) {
+    size_t bytes = 0;
+    cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const uint32_t*)nullptr, (uint32_t*)nullptr,
+                                    (const int32_t*)nullptr, (int32_t*)nullptr, n, 0, 32);
+    return bytes;
+}
+
+__global__ void gather_touched_kernel(int n, const int32_t* __restrict__ order, const int64_t* __restrict__ touched,
+                                      int64_t* __restrict__ touched_sorted) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j < n) touched_sorted[j] = touched[order[j]];
+}
+
+void order_by_depth(void* sort_tmp, size_t sort_bytes, void* scan_tmp, size_t scan_bytes, int n,
+                    const SplatState& st, const DepthOrder& ord, cudaStream_t s) {
+    if (n == 0) return;
+    // stable: equal depths keep index order, as the (tile | depth) keys of a single sort did
+    cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, ord.keys, ord.keys_sorted, ord.index, ord.order, n, 0, 32, s);
+    gather_touched_kernel<<<(n + 255) / 256, 256, 0, s>>>(n, ord.order, st.tiles_touched, ord.touched_sorted);
+    cub::DeviceScan::InclusiveSum(scan_tmp, scan_bytes, ord.touched_sorted, ord.offsets, n, s);
 }
 
 // ---------------------------------------------------------------------------------------------
-// One (tile | depth) key per tile a splat touches.
+// One (tile) key per tile a splat touches, splats visited front to back.
 // ---------------------------------------------------------------------------------------------
-__global__ void duplicate_kernel(Camera cam, int n, SplatState st, const int64_t* __restrict__ offsets,
-                                 int64_t limit, uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || st.radii[i] <= 0) return;
-    int64_t off = (i == 0) ? 0 : offsets[i - 1];
-    int2 rmin, rmax;
-    const int64_t end = offsets[i] < limit ? offsets[i] : limit;  // a short pair buffer drops the rest
-    if (end <= off) return;
+template <typename Key>
+__global__ void duplicate_kernel(Camera cam, int n, SplatState st, DepthOrder ord, int64_t limit,
+                                 Key* __restrict__ keys, int32_t* __restrict__ values) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    int64_t off = (j == 0) ? 0 : ord.offsets[j - 1];
+    const int64_t end = ord.offsets[j] < limit ? ord.offsets[j] : limit;  // a short pair buffer drops the rest
+    if (end <= off) return;  // also every culled splat (no tiles)
+    const int i = ord.order[j];
     const float2 m = st.xy[i];
     const float4 co = st.conic_opacity[i];
+    int2 rmin, rmax;
     tile_rect(cam, m, (float)st.radii[i], rmin, rmax);
-    const uint64_t dbits = (uint64_t)__float_as_uint(st.depth[i]);
     for (int y = rmin.y; y < rmax.y; ++y) {
         for (int x = rmin.x; x < rmax.x; ++x) {
             if (!tile_hit(cam.width, cam.height, m, co, x, y)) continue;
             if (off >= end) return;  // only at the buffer's end (same test as the counting pass)
-            keys[off] = ((uint64_t)(y * cam.tiles_x + x) << 32) | dbits;
+            keys[off] = (Key)(y * cam.tiles_x + x);
             values[off] = i;
             ++off;
         }
     }
 }
 
-void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, int64_t limit,
-                      uint64_t* keys, int32_t* values, cudaStream_t s) {
+template <typename Key>
+void duplicate(const Camera& cam, int n, const SplatState& st, const DepthOrder& ord, int64_t limit, Key* keys,
+               int32_t* values, cudaStream_t s) {
     if (n == 0) return;
-    duplicate_kernel<<<(n + 255) / 256, 256, 0, s>>>(cam, n, st, offsets, limit, keys, values);
+    duplicate_kernel<Key><<<(n + 255) / 256, 256, 0, s>>>(cam, n, st, ord, limit, keys, values);
 }
 
-// Entries [total, count) of a fixed-size pair buffer get a key that sorts after every real one
-// (tile index num_tiles) and that the tile-range pass ignores.
-__global__ void pad_pairs_kernel(int64_t count, const int64_t* __restrict__ total, uint64_t tail_key,
-                                 uint64_t* __restrict__ keys, int32_t* __restrict__ values) {
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const DepthOrder& ord, int64_t limit,
+                      uint16_t* keys, int32_t* values, cudaStream_t s) {
+    duplicate(cam, n, st, ord, limit, keys, values, s);
+}
+
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const DepthOrder& ord, int64_t limit,
+                      uint32_t* keys, int32_t* values, cudaStream_t s) {
+    duplicate(cam, n, st, ord, limit, keys, values, s);
+}
+
+// Entries [total, count) of a fixed-size pair buffer get the key num_tiles, which sorts after every
+// real one and which the tile-range pass ignores.
+template <typename Key>
+__global__ void pad_pairs_kernel(int64_t count, const unsigned long long* __restrict__ total, Key tail_key,
+                                 Key* __restrict__ keys, int32_t* __restrict__ values) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count || i < *total) return;
+    if (i >= count || (unsigned long long)i < *total) return;
     keys[i] = tail_key;
     values[i] = 0;
 }
 
-void launch_pad_pairs(int64_t count, const int64_t* total, int num_tiles, uint64_t* keys, int32_t* values,
-                      cudaStream_t s) {
+template <typename Key>
+void pad_pairs(int64_t count, const unsigned long long* total, int num_tiles, Key* keys, int32_t* values,
+               cudaStream_t s) {
     if (count == 0) return;
-    const uint64_t tail_key = ((uint64_t)(uint32_t)num_tiles << 32) | 0xFFFFFFFFull;
-    pad_pairs_kernel<<<(unsigned)((count + 255) / 256), 256, 0, s>>>(count, total, tail_key, keys, values);
+    pad_pairs_kernel<Key><<<(unsigned)((count + 255) / 256), 256, 0, s>>>(count, total, (Key)num_tiles, keys, values);
 }
 
-size_t sort_temp_bytes(int64_t count, int end_bit) {
+void launch_pad_pairs(int64_t count, const unsigned long long* total, int num_tiles, uint16_t* keys,
+                      int32_t* values, cudaStream_t s) {
+    pad_pairs(count, total, num_tiles, keys, values, s);
+}
+
+void launch_pad_pairs(int64_t count, const unsigned long long* total, int num_tiles, uint32_t* keys,
+                      int32_t* values, cudaStream_t s) {
+    pad_pairs(count, total, num_tiles, keys, values, s);
+}
+
+template <typename Key>
+size_t sort_bytes_for(int64_t count, int end_bit) {
     size_t bytes = 0;
     if (count <= INT32_MAX) {
-        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr,
-                                        (const int32_t*)nullptr, (int32_t*)nullptr, (int)count, 0, end_bit);
+        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const Key*)nullptr, (Key*)nullptr, (const int32_t*)nullptr,
+                                        (int32_t*)nullptr, (int)count, 0, end_bit);
     } else {
-        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const uint64_t*)nullptr, (uint64_t*)nullptr,
-                                        (const int32_t*)nullptr, (int32_t*)nullptr, count, 0, end_bit);
+        cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const Key*)nullptr, (Key*)nullptr, (const int32_t*)nullptr,
+                                        (int32_t*)nullptr, count, 0, end_bit);
     }
     return bytes;
 }
 
-void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys_out, const int32_t* vals_in,
-                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s) {
+size_t sort_temp_bytes(int64_t count, int end_bit, int key_bytes) {
+    return key_bytes == 2 ? sort_bytes_for<uint16_t>(count, end_bit) : sort_bytes_for<uint32_t>(count, end_bit);
+}
+
+template <typename Key>
+void sort_pairs(void* tmp, size_t bytes, const Key* keys_in, Key* keys_out, const int32_t* vals_in, int32_t* vals_out,
+                int64_t count, int end_bit, cudaStream_t s) {
     if (count <= INT32_MAX) {
         cub::DeviceRadixSort::SortPairs(tmp, bytes, keys_in, keys_out, vals_in, vals_out, (int)count, 0, end_bit, s);
     } else {
@@ -180,18 +253,29 @@ void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys
     }
 }
 
+void radix_sort(void* tmp, size_t bytes, const uint16_t* keys_in, uint16_t* keys_out, const int32_t* vals_in,
+                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s) {
+    sort_pairs(tmp, bytes, keys_in, keys_out, vals_in, vals_out, count, end_bit, s);
+}
+
+void radix_sort(void* tmp, size_t bytes, const uint32_t* keys_in, uint32_t* keys_out, const int32_t* vals_in,
+                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s) {
+    sort_pairs(tmp, bytes, keys_in, keys_out, vals_in, vals_out, count, end_bit, s);
+}
+
 // ranges[2 t] .. ranges[2 t + 1]: the slice of the sorted list that belongs to tile t (zeroed first).
 // Keys of tile num_tiles (padding of a fixed-size buffer) belong to no tile.
-__global__ void tile_ranges_kernel(int64_t count, uint32_t num_tiles, const uint64_t* __restrict__ keys,
+template <typename Key>
+__global__ void tile_ranges_kernel(int64_t count, uint32_t num_tiles, const Key* __restrict__ keys,
                                    int64_t* __restrict__ ranges) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= count) return;
-    const uint32_t tile = (uint32_t)(keys[i] >> 32);
+    const uint32_t tile = keys[i];
     const bool real = tile < num_tiles;
     if (i == 0) {
         if (real) ranges[2 * (int64_t)tile] = 0;
     } else {
-        const uint32_t prev = (uint32_t)(keys[i - 1] >> 32);
+        const uint32_t prev = keys[i - 1];
         if (prev != tile) {
             if (prev < num_tiles) ranges[2 * (int64_t)prev + 1] = i;
             if (real) ranges[2 * (int64_t)tile] = i;
@@ -200,10 +284,19 @@ __global__ void tile_ranges_kernel(int64_t count, uint32_t num_tiles, const uint
     if (i == count - 1 && real) ranges[2 * (int64_t)tile + 1] = count;
 }
 
-void launch_tile_ranges(int64_t count, int num_tiles, const uint64_t* keys, int64_t* ranges, cudaStream_t s) {
+template <typename Key>
+void tile_ranges(int64_t count, int num_tiles, const Key* keys, int64_t* ranges, cudaStream_t s) {
     if (count == 0) return;
     const int64_t blocks = (count + 255) / 256;
-    tile_ranges_kernel<<<(unsigned)blocks, 256, 0, s>>>(count, (uint32_t)num_tiles, keys, ranges);
+    tile_ranges_kernel<Key><<<(unsigned)blocks, 256, 0, s>>>(count, (uint32_t)num_tiles, keys, ranges);
+}
+
+void launch_tile_ranges(int64_t count, int num_tiles, const uint16_t* keys, int64_t* ranges, cudaStream_t s) {
+    tile_ranges(count, num_tiles, keys, ranges, s);
+}
+
+void launch_tile_ranges(int64_t count, int num_tiles, const uint32_t* keys, int64_t* ranges, cudaStream_t s) {
+    tile_ranges(count, num_tiles, keys, ranges, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,13 +342,17 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
         }
         __syncthreads();
         const int cnt = (int)min((int64_t)kBlock, todo - base);
-        auto blend_one = [&](int j) {
+        // alpha of staged splat j at this pixel (0 where the splat cannot contribute): it does not
+        // depend on T, so two splats' alphas are computed side by side before the serial update.
+        auto alpha_of = [&](int j) {
             const float2 m = s_xy[j];
             const float4 co = s_co[j];
             const float dx = m.x - fx, dy = m.y - fy;
             const float power = -0.5f * (co.x * dx * dx + co.z * dy * dy) - co.y * dx * dy;
-            if (power > 0.0f) return;
-            const float alpha = fminf(kMaxAlpha, co.w * __expf(power));
+            if (power > 0.0f) return 0.0f;
+            return fminf(kMaxAlpha, co.w * __expf(power));
+        };
+        auto blend = [&](int j, float alpha) {
             if (alpha < kMinAlpha) return;
             const float test_T = T * (1.0f - alpha);
             if (test_T < kMinT) {
@@ -270,15 +367,20 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             last = (int)(base + j + 1);
         };
         // Each warp walks only the splats its two pixel rows can reach: a ballot over 32 staged
-        // splats at a time, then their set bits in order (front to back is preserved).
+        // splats at a time, then their set bits in order, two at a time (front to back is preserved).
         for (int c0 = 0; c0 < cnt; c0 += 32) {
             if (__all_sync(0xffffffffu, done)) break;
             const int jj = c0 + lane;
             uint32_t bits = __ballot_sync(0xffffffffu, jj < cnt && (s_mask[jj] & warp_bit));
             while (bits) {
-                const int j = c0 + __ffs(bits) - 1;
+                const int ja = c0 + __ffs(bits) - 1;
                 bits &= bits - 1;
-                if (!done) blend_one(j);
+                const bool two = bits != 0;
+                const int jb = two ? c0 + __ffs(bits) - 1 : ja;
+                bits &= bits - 1;  // no-op when bits == 0
+                const float alpha_a = alpha_of(ja), alpha_b = alpha_of(jb);
+                if (!done) blend(ja, alpha_a);
+                if (two && !done) blend(jb, alpha_b);
             }
         }
     }

@@ -24,26 +24,52 @@ struct SplatInputs {
 // Screen-space state produced by the preprocess step (kept for the backward pass).
 struct SplatState {
     float2* xy;               // pixel-space means
-    float* depth;             // view depth
     float4* conic_opacity;    // (conic xx, xy, yy, opacity)
     float* rgb;               // (N, 3) colours
     int* radii;               // 0 = culled
-    int64_t* tiles_touched;   // then inclusive prefix sum in `offsets`
+    int64_t* tiles_touched;   // tiles the splat can reach (0 when culled)
 };
 
-void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, cudaStream_t s);
+// Depth order of the splats and the per-splat pair offsets in that order (scratch of one forward
+// pass). The (tile, splat) pairs are emitted front to back, so a stable sort by tile alone leaves
+// each tile's list in depth order: the pair sort needs only the tile bits.
+struct DepthOrder {
+    uint32_t* keys;               // (N,) view-depth bits of visible splats (culled: 0xFFFFFFFF)
+    uint32_t* keys_sorted;        // (N,)
+    int32_t* index;               // (N,) 0 .. N-1
+    int32_t* order;               // (N,) splat indices, front to back (ties: by index)
+    int64_t* touched_sorted;      // (N,) tiles_touched[order[j]]
+    int64_t* offsets;             // (N,) inclusive prefix sum of touched_sorted
+    unsigned long long* total;    // number of (tile, splat) pairs; zeroed before the preprocess
+};
+
+// Preprocess: fills `st`, the depth keys and indices of `ord`, and adds the pair count to ord.total.
+void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, const DepthOrder& ord,
+                       cudaStream_t s);
+size_t depth_sort_temp_bytes(int n);
 size_t scan_temp_bytes(int n);
-void inclusive_scan(void* tmp, size_t bytes, const int64_t* in, int64_t* out, int n, cudaStream_t s);
+// Depth sort, then the pair offsets in depth order (ord.order, ord.touched_sorted, ord.offsets).
+void order_by_depth(void* sort_tmp, size_t sort_bytes, void* scan_tmp, size_t scan_bytes, int n,
+                    const SplatState& st, const DepthOrder& ord, cudaStream_t s);
+
+// Pair keys: the tile index alone, 16 bits wide when the image has fewer than 65,536 tiles.
 // Writes the pairs of offsets below `limit` (the buffer's size); the rest are dropped.
-void launch_duplicate(const Camera& cam, int n, const SplatState& st, const int64_t* offsets, int64_t limit,
-                      uint64_t* keys, int32_t* values, cudaStream_t s);
-// Pads entries [*total, count) with keys of the non-tile num_tiles (fixed-size buffers).
-void launch_pad_pairs(int64_t count, const int64_t* total, int num_tiles, uint64_t* keys, int32_t* values,
-                      cudaStream_t s);
-size_t sort_temp_bytes(int64_t count, int end_bit);
-void radix_sort(void* tmp, size_t bytes, const uint64_t* keys_in, uint64_t* keys_out,
-                const int32_t* vals_in, int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
-void launch_tile_ranges(int64_t count, int num_tiles, const uint64_t* keys, int64_t* ranges, cudaStream_t s);
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const DepthOrder& ord, int64_t limit,
+                      uint16_t* keys, int32_t* values, cudaStream_t s);
+void launch_duplicate(const Camera& cam, int n, const SplatState& st, const DepthOrder& ord, int64_t limit,
+                      uint32_t* keys, int32_t* values, cudaStream_t s);
+// Pads entries [*total, count) with the key of the non-tile num_tiles (fixed-size buffers).
+void launch_pad_pairs(int64_t count, const unsigned long long* total, int num_tiles, uint16_t* keys,
+                      int32_t* values, cudaStream_t s);
+void launch_pad_pairs(int64_t count, const unsigned long long* total, int num_tiles, uint32_t* keys,
+                      int32_t* values, cudaStream_t s);
+size_t sort_temp_bytes(int64_t count, int end_bit, int key_bytes);
+void radix_sort(void* tmp, size_t bytes, const uint16_t* keys_in, uint16_t* keys_out, const int32_t* vals_in,
+                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
+void radix_sort(void* tmp, size_t bytes, const uint32_t* keys_in, uint32_t* keys_out, const int32_t* vals_in,
+                int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
+void launch_tile_ranges(int64_t count, int num_tiles, const uint16_t* keys, int64_t* ranges, cudaStream_t s);
+void launch_tile_ranges(int64_t count, int num_tiles, const uint32_t* keys, int64_t* ranges, cudaStream_t s);
 void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
                            const SplatState& st, float* out_color, float* final_T, int32_t* n_contrib,
                            cudaStream_t s);

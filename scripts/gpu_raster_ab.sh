@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Rasterizer A/B in one GPU-machine call: builds this tree's CUDA packages and, concurrently, the
+# rasterizer of an older tree; runs the CUDA tests; then times the standard workload with both
+# builds, alternating (base, this tree, base, this tree) so that the spread between runs of one
+# build shows beside the difference between builds; last, the timeline of one eager forward and
+# the host time of the call's pieces for both.
+#   bash scripts/gpu_raster_ab.sh [BASE]     # BASE: a folder holding submodules/diff-gaussian-rasterization
+# GPU_AB_TESTS: test files to run (default tests/test_rasterizer_cuda.py; "none" skips them).
+# Logs go to $OUT (or /tmp/gpu_raster_ab). Carry .whl (see scripts/gpu_check.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+LOG=${OUT:-/tmp/gpu_raster_ab}
+mkdir -p "$LOG"
+export PYTHONUNBUFFERED=1
+BASE=${1:-}
+t_start=$(date +%s)
+
+base_build=""
+if [ -n "$BASE" ] && [ -d "$BASE/submodules/diff-gaussian-rasterization" ]; then
+  base_build=$(cd "$BASE/submodules/diff-gaussian-rasterization" && pwd)
+  (cd "$base_build" && TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=8 GA_SKIP_CPU_EXT=1 python3 setup.py -q build_ext --inplace \
+     > "$LOG/build_base.log" 2>&1 && echo "[ab] base rasterizer built") &
+  base_pid=$!
+fi
+tests=${GPU_AB_TESTS:-tests/test_rasterizer_cuda.py}
+if [ "$tests" = none ]; then skip=1; tests=""; else skip=0; fi
+# shellcheck disable=SC2086
+GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=$skip OUT=$LOG bash scripts/gpu_check.sh $tests > "$LOG/gpu_check.log" 2>&1
+echo "[ab] build + tests rc=$? after $(( $(date +%s) - t_start )) s"
+grep -E "passed|failed|built|FAILED|Error" "$LOG/gpu_check.log" | tail -12
+if [ -n "$base_build" ]; then wait "$base_pid" || { echo "[ab] base build failed"; tail -20 "$LOG/build_base.log"; base_build=""; }; fi
+
+for d in "$ROOT"/submodules/*/; do [ -f "$d/setup.py" ] && PYTHONPATH=${d%/}:${PYTHONPATH:-}; done
+[ -d /tmp/site ] && PYTHONPATH=/tmp/site:$PYTHONPATH
+export PYTHONPATH=$ROOT:$PYTHONPATH
+new_path=$PYTHONPATH
+base_path=${base_build:+$base_build:}$PYTHONPATH
+
+bench() {  # bench NAME PYTHONPATH ARGS...
+  local name=$1 path=$2; shift 2
+  PYTHONPATH=$path python3 benchmarks/bench_rasterizer.py "$@" > "$LOG/bench_$name.log" 2>&1
+  echo "[ab] $name: $(grep -E '^(cuda|cuda_fixed|cuda_graph) ' "$LOG/bench_$name.log" | tr -s ' ' | paste -sd ';')"
+}
+[ -n "$base_build" ] && bench base1 "$base_path" --backend cuda --profile
+bench new1 "$new_path" --backend both --profile
+[ -n "$base_build" ] && bench base2 "$base_path" --backend cuda
+bench new2 "$new_path" --backend cuda --cpu-breakdown
+grep -h '"kernels_us"' "$LOG/bench_new1.log" | head -1 | cut -c1-1500
+grep -h '"host_us"' "$LOG/bench_new2.log"
+for name in base new; do
+  [ $name = base ] && [ -z "$base_build" ] && continue
+  path=$new_path; [ $name = base ] && path=$base_path
+  echo "[ab] timeline $name: $(PYTHONPATH=$path python3 benchmarks/profile_rasterizer_step.py 2>&1 | tail -1)"
+done
+echo "[ab] done after $(( $(date +%s) - t_start )) s"
