@@ -2,9 +2,10 @@
 # Rasterizer A/B in one GPU-machine call: builds this tree's CUDA packages and, concurrently, the
 # rasterizer of an older tree; runs the CUDA tests; then times the standard workload with both
 # builds, alternating (base, this tree, base, this tree) so that the spread between runs of one
-# build shows beside the difference between builds; last, the timeline of one eager forward and
-# the host time of the call's pieces for both.
+# build shows beside the difference between builds; last, this tree's per-kernel times, the host
+# time of the call's pieces and the timeline of one eager forward.
 #   bash scripts/gpu_raster_ab.sh [BASE]     # BASE: a folder holding submodules/diff-gaussian-rasterization
+# (GPU_AB_ROUNDS, GPU_AB_VARIANTS: see below)
 # GPU_AB_TESTS: test files to run (default tests/test_rasterizer_cuda.py; "none" skips them).
 # Logs go to $OUT (or /tmp/gpu_raster_ab). Carry .whl (see scripts/gpu_check.sh).
 set -uo pipefail
@@ -42,15 +43,19 @@ bench() {  # bench NAME PYTHONPATH ARGS...
   PYTHONPATH=$path python3 benchmarks/bench_rasterizer.py "$@" > "$LOG/bench_$name.log" 2>&1
   echo "[ab] $name: $(grep -E '^(cuda|cuda_fixed|cuda_graph) ' "$LOG/bench_$name.log" | tr -s ' ' | paste -sd ';')"
 }
-[ -n "$base_build" ] && bench base1 "$base_path" --backend cuda --profile
-bench new1 "$new_path" --backend both --profile
-[ -n "$base_build" ] && bench base2 "$base_path" --backend cuda
-bench new2 "$new_path" --backend cuda --cpu-breakdown
-grep -h '"kernels_us"' "$LOG/bench_new1.log" | head -1 | cut -c1-1500
-grep -h '"host_us"' "$LOG/bench_new2.log"
-for name in base new; do
-  [ $name = base ] && [ -z "$base_build" ] && continue
-  path=$new_path; [ $name = base ] && path=$base_path
-  echo "[ab] timeline $name: $(PYTHONPATH=$path python3 benchmarks/profile_rasterizer_step.py 2>&1 | tail -1)"
+# GPU_AB_ROUNDS fresh processes of each build, alternating (the exact-size eager call only);
+# GPU_AB_VARIANTS: extra "NAME:VAR=VALUE" runs of this tree with an environment variable set
+rounds=${GPU_AB_ROUNDS:-3}
+for r in $(seq 1 "$rounds"); do
+  [ -n "$base_build" ] && bench "base$r" "$base_path" --backend cuda
+  bench "new$r" "$new_path" --backend cuda
+  for v in ${GPU_AB_VARIANTS:-}; do
+    (export "${v#*:}"; bench "${v%%:*}$r" "$new_path" --backend cuda)
+  done
 done
+bench newall "$new_path" --backend both --profile --cpu-breakdown
+grep -h '"kernels_us"' "$LOG/bench_newall.log" | head -1 | cut -c1-2500
+grep -h '"host_us"' "$LOG/bench_newall.log"
+echo "[ab] timeline new: $(PYTHONPATH=$new_path python3 benchmarks/profile_rasterizer_step.py --timeline \
+  > "$LOG/timeline_new.txt" 2>&1; grep '^{' "$LOG/timeline_new.txt")"
 echo "[ab] done after $(( $(date +%s) - t_start )) s"

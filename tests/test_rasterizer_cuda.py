@@ -319,6 +319,59 @@ def test_debug_mode_renders_like_normal_mode():
 
 
 # ----------------------------------------------------------------------------------------------
+# The C++ autograd function (_C.rasterize): shapes, dtypes, retained graphs
+# ----------------------------------------------------------------------------------------------
+def test_gradients_return_in_the_inputs_shapes_and_dtypes():
+    """float64 leaves, flat (N,) opacities and 2-D (N, 3 M) SH rows are converted inside the C++
+    autograd function; gradients come back in the leaves' own shapes and dtypes and equal those of
+    the float32 (N, 1) / (N, M, 3) call."""
+    _require_cuda()
+    s = make_settings(72, 56, 70.0, 70.0, sh_degree=2)
+    scene = make_scene(900, s, seed=33, sh_coeffs=9)
+    w = torch.rand(3, 56, 72, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    img, radii, grads = render(scene, s, weights=w)
+    leaves = {"means3D": scene["means3D"].double(), "shs": scene["shs"].reshape(900, 27).double(),
+              "opacities": scene["opacities"].reshape(900).double(), "scales": scene["scales"].double(),
+              "rotations": scene["rotations"].double()}
+    leaves = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+    img64, radii64 = dgr.rasterize_gaussians(leaves["means3D"], None, leaves["shs"], None, leaves["opacities"],
+                                             leaves["scales"], leaves["rotations"], None, s)
+    assert img64.dtype == torch.float32 and torch.equal(img64, img) and torch.equal(radii64, radii)
+    (img64 * w).sum().backward()
+    for key, leaf in leaves.items():
+        assert leaf.grad.dtype == torch.float64 and leaf.grad.shape == leaf.shape, key
+        assert rel_err(leaf.grad.reshape(grads[key].shape), grads[key]) < 1e-6, key
+
+
+def test_backward_twice_with_a_retained_graph():
+    _require_cuda()
+    s = make_settings(48, 40, 45.0, 45.0, sh_degree=1)
+    scene = make_scene(400, s, seed=34, sh_coeffs=4)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+    img, _ = dgr.rasterize_gaussians(leaves["means3D"], None, leaves["shs"], None, leaves["opacities"],
+                                     leaves["scales"], leaves["rotations"], None, s)
+    loss = img.square().sum()
+    loss.backward(retain_graph=True)
+    first = {k: v.grad.clone() for k, v in leaves.items()}
+    loss.backward()
+    for key, leaf in leaves.items():
+        assert torch.allclose(leaf.grad, 2 * first[key], rtol=1e-5, atol=1e-7), key
+
+
+def test_debug_mode_rejects_a_nan_image_gradient():
+    _require_cuda()
+    s = make_settings(32, 24, 30.0, 30.0, sh_degree=0, debug=True)
+    scene = make_scene(50, s, seed=35, sh_coeffs=1)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+    img, _ = dgr.rasterize_gaussians(leaves["means3D"], None, leaves["shs"], None, leaves["opacities"],
+                                     leaves["scales"], leaves["rotations"], None, s)
+    weights = torch.ones_like(img)
+    weights[1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="grad of the rendered image"):
+        (img * weights).sum().backward()
+
+
+# ----------------------------------------------------------------------------------------------
 # Sync-free settings: fixed-size pair buffer, pair count and device intrinsics
 # ----------------------------------------------------------------------------------------------
 def _exact_pairs(scene, s) -> int:

@@ -434,10 +434,136 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     return {dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drot};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Autograd: the forward and backward passes as one C++ autograd function, so that a call costs one
+// crossing from Python (no Python autograd.Function, no per-argument conversions in Python).
+// ---------------------------------------------------------------------------------------------
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Inputs in the order of RasterizeFunction::forward (after the context).
+enum Input : int {
+    kMeans3D, kMeans2D, kSh, kColors, kOpacity, kScales, kRotations, kCov3D,  // differentiable
+    kBg, kView, kProj, kCampos, kIntrinsics, kPairCount,                      // settings tensors
+    kNumTensorInputs,
+    kNumInputs = kNumTensorInputs + 10  // scalars: scale_modifier .. pair_capacity
+};
+
+// A float32 contiguous tensor on `dev` (an empty one for absent inputs).
+Tensor as_f32(const Tensor& t, const c10::Device& dev, const Tensor& empty) {
+    if (!t.defined() || t.numel() == 0) return empty;
+    Tensor r = (t.scalar_type() == torch::kFloat32 && t.device() == dev) ? t : t.to(dev, torch::kFloat32);
+    return r.is_contiguous() ? r : r.contiguous();
+}
+
+void check_finite(const Tensor& t, const char* name) {
+    if (t.defined() && t.numel() > 0)
+        TORCH_CHECK_VALUE(torch::isfinite(t).all().item<bool>(), "diff_gaussian_rasterization (debug): ", name,
+                          " holds NaN or Inf values");
+}
+
+class RasterizeFunction : public torch::autograd::Function<RasterizeFunction> {
+public:
+    static variable_list forward(AutogradContext* ctx, const Tensor& means3D, const Tensor& means2D, const Tensor& sh,
+                                 const Tensor& colors, const Tensor& opacity, const Tensor& scales,
+                                 const Tensor& rotations, const Tensor& cov3D, const Tensor& bg, const Tensor& view,
+                                 const Tensor& proj, const Tensor& campos, const Tensor& intrinsics,
+                                 const Tensor& pair_count, double scale_modifier, double tanfovx, double tanfovy,
+                                 int64_t H, int64_t W, int64_t degree, bool debug, double cx, double cy,
+                                 int64_t pair_capacity) {
+        const c10::Device dev = means3D.device();
+        const Tensor empty = torch::empty({0}, means3D.options().dtype(torch::kFloat32));
+        const Tensor m3 = as_f32(means3D, dev, empty), op = as_f32(opacity, dev, empty);
+        const Tensor col = as_f32(colors, dev, empty), sc = as_f32(scales, dev, empty);
+        const Tensor rot = as_f32(rotations, dev, empty), cov = as_f32(cov3D, dev, empty);
+        const Tensor shs = as_f32(sh, dev, empty);
+        const Tensor bg32 = as_f32(bg, dev, empty), view32 = as_f32(view, dev, empty);
+        const Tensor proj32 = as_f32(proj, dev, empty), campos32 = as_f32(campos, dev, empty);
+        auto out = rasterize_forward(bg32, m3, col, op, sc, rot, scale_modifier, cov, view32, proj32, tanfovx, tanfovy,
+                                     H, W, shs, degree, campos32, debug, cx, cy, intrinsics, pair_capacity,
+                                     pair_count);
+        const Tensor& color = out[0];
+        const Tensor& radii = out[1];
+        ctx->save_for_backward({bg32, m3, radii, col, op, sc, rot, cov, view32, proj32, shs, campos32, out[2], out[3],
+                                out[4], intrinsics});
+        ctx->saved_data["scale_modifier"] = scale_modifier;
+        ctx->saved_data["tanfovx"] = tanfovx;
+        ctx->saved_data["tanfovy"] = tanfovy;
+        ctx->saved_data["degree"] = degree;
+        ctx->saved_data["H"] = H;
+        ctx->saved_data["W"] = W;
+        ctx->saved_data["debug"] = debug;
+        ctx->saved_data["cx"] = cx;
+        ctx->saved_data["cy"] = cy;
+        // shapes the gradients take: those of the inputs as given (0 rows: absent)
+        ctx->saved_data["means3D_shape"] = means3D.sizes().vec();
+        ctx->saved_data["means2D_cols"] = (means2D.defined() && means2D.numel() > 0 && means2D.dim() == 2)
+                                              ? means2D.size(1) : int64_t(0);
+        ctx->saved_data["sh_shape"] = sh.defined() ? sh.sizes().vec() : std::vector<int64_t>{};
+        ctx->saved_data["opacity_shape"] = opacity.sizes().vec();
+        ctx->mark_non_differentiable({radii});
+        return {color, radii};
+    }
+
+    static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+        const auto saved = ctx->get_saved_variables();
+        const Tensor &bg = saved[0], &m3 = saved[1], &radii = saved[2], &col = saved[3], &op = saved[4],
+                     &sc = saved[5], &rot = saved[6], &cov = saved[7], &view = saved[8], &proj = saved[9],
+                     &shs = saved[10], &campos = saved[11], &geom = saved[12], &bins = saved[13],
+                     &image = saved[14], &intrinsics = saved[15];
+        const auto& d = ctx->saved_data;
+        const bool debug = d.at("debug").toBool();
+        Tensor grad = grad_outputs[0];
+        if (!grad.defined())  // the image was not used: a zero gradient of its size
+            grad = torch::zeros({3, d.at("H").toInt(), d.at("W").toInt()}, m3.options());
+        grad = grad.to(torch::kFloat32);
+        if (!grad.is_contiguous()) grad = grad.contiguous();
+        if (debug) check_finite(grad, "grad of the rendered image");
+        auto g = rasterize_backward(bg, m3, radii, col, op, sc, rot, d.at("scale_modifier").toDouble(), cov, view, proj,
+                                    d.at("tanfovx").toDouble(), d.at("tanfovy").toDouble(), grad, shs,
+                                    d.at("degree").toInt(), campos, geom, bins, image, debug, d.at("cx").toDouble(),
+                                    d.at("cy").toDouble(), intrinsics);
+        // g: dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drotations
+        variable_list grads(kNumInputs);
+        auto shaped = [](const Tensor& t, const std::vector<int64_t>& shape) {
+            return t.sizes().vec() == shape ? t : t.reshape(shape);
+        };
+        grads[kMeans3D] = shaped(g[3], d.at("means3D_shape").toIntVector());
+        const int64_t m2_cols = d.at("means2D_cols").toInt();
+        if (m2_cols > 0) grads[kMeans2D] = g[0].narrow(1, 0, m2_cols);
+        if (shs.numel() > 0) grads[kSh] = shaped(g[5], d.at("sh_shape").toIntVector());
+        if (col.numel() > 0) grads[kColors] = g[1];
+        grads[kOpacity] = shaped(g[2], d.at("opacity_shape").toIntVector());
+        if (sc.numel() > 0) grads[kScales] = g[6];
+        if (rot.numel() > 0) grads[kRotations] = g[7];
+        if (cov.numel() > 0) grads[kCov3D] = g[4];
+        return grads;
+    }
+};
+
+// The whole differentiable call: (color (3, H, W), radii (N,) int32). Absent inputs may be None.
+std::vector<Tensor> rasterize(const Tensor& means3D, const std::optional<Tensor>& means2D,
+                              const std::optional<Tensor>& sh, const std::optional<Tensor>& colors,
+                              const Tensor& opacity, const std::optional<Tensor>& scales,
+                              const std::optional<Tensor>& rotations, const std::optional<Tensor>& cov3D,
+                              const Tensor& bg, const Tensor& view, const Tensor& proj, const Tensor& campos,
+                              const std::optional<Tensor>& intrinsics, const std::optional<Tensor>& pair_count,
+                              double scale_modifier, double tanfovx, double tanfovy, int64_t H, int64_t W,
+                              int64_t degree, bool debug, double cx, double cy, int64_t pair_capacity) {
+    TORCH_CHECK(means3D.is_cuda(), "diff_gaussian_rasterization: means3D must be a CUDA tensor");
+    const Tensor empty = torch::empty({0}, means3D.options());
+    auto given = [&](const std::optional<Tensor>& t) { return t.has_value() && t->defined() ? *t : empty; };
+    return RasterizeFunction::apply(means3D, given(means2D), given(sh), given(colors), opacity, given(scales),
+                                    given(rotations), given(cov3D), bg, view, proj, campos, given(intrinsics),
+                                    given(pair_count), scale_modifier, tanfovx, tanfovy, H, W, degree, debug, cx, cy,
+                                    pair_capacity);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "Tile-based Gaussian splatting rasterizer (forward and backward).";
+    m.def("rasterize", &rasterize, "Differentiable render (autograd function of the two passes)");
     m.def("rasterize_forward", &rasterize_forward, "Forward pass of the tile rasterizer");
     m.def("rasterize_backward", &rasterize_backward, "Backward pass of the tile rasterizer");
 }

@@ -3,6 +3,8 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
+#include <cstdlib>
+
 #include "common.cuh"
 #include "rasterizer.h"
 
@@ -302,6 +304,7 @@ void launch_tile_ranges(int64_t count, int num_tiles, const uint32_t* keys, int6
 // ---------------------------------------------------------------------------------------------
 // Blending: one block per tile, one thread per pixel, splats staged in shared memory by 256.
 // ---------------------------------------------------------------------------------------------
+template <int kWidth>
 __global__ void __launch_bounds__(kBlock) render_forward_kernel(
     Camera cam, const int64_t* __restrict__ ranges, const int32_t* __restrict__ point_list,
     const float2* __restrict__ xy, const float4* __restrict__ conic_opacity, const float* __restrict__ rgb,
@@ -343,7 +346,7 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
         __syncthreads();
         const int cnt = (int)min((int64_t)kBlock, todo - base);
         // alpha of staged splat j at this pixel (0 where the splat cannot contribute): it does not
-        // depend on T, so two splats' alphas are computed side by side before the serial update.
+        // depend on T, so kWidth splats' alphas are computed side by side before the serial update.
         auto alpha_of = [&](int j) {
             const float2 m = s_xy[j];
             const float4 co = s_co[j];
@@ -367,20 +370,29 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             last = (int)(base + j + 1);
         };
         // Each warp walks only the splats its two pixel rows can reach: a ballot over 32 staged
-        // splats at a time, then their set bits in order, two at a time (front to back is preserved).
+        // splats at a time, then their set bits in order, kWidth at a time (front to back is preserved).
         for (int c0 = 0; c0 < cnt; c0 += 32) {
             if (__all_sync(0xffffffffu, done)) break;
             const int jj = c0 + lane;
             uint32_t bits = __ballot_sync(0xffffffffu, jj < cnt && (s_mask[jj] & warp_bit));
             while (bits) {
-                const int ja = c0 + __ffs(bits) - 1;
+                int j[kWidth];
+                bool has[kWidth];
+                j[0] = c0 + __ffs(bits) - 1;
+                has[0] = true;
                 bits &= bits - 1;
-                const bool two = bits != 0;
-                const int jb = two ? c0 + __ffs(bits) - 1 : ja;
-                bits &= bits - 1;  // no-op when bits == 0
-                const float alpha_a = alpha_of(ja), alpha_b = alpha_of(jb);
-                if (!done) blend(ja, alpha_a);
-                if (two && !done) blend(jb, alpha_b);
+#pragma unroll
+                for (int k = 1; k < kWidth; ++k) {
+                    has[k] = bits != 0;
+                    j[k] = has[k] ? c0 + __ffs(bits) - 1 : j[0];
+                    bits &= bits - 1;  // no-op when bits == 0
+                }
+                float alpha[kWidth];
+#pragma unroll
+                for (int k = 0; k < kWidth; ++k) alpha[k] = alpha_of(j[k]);
+#pragma unroll
+                for (int k = 0; k < kWidth; ++k)
+                    if (has[k] && !done) blend(j[k], alpha[k]);
             }
         }
     }
@@ -398,8 +410,16 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
 void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list, const SplatState& st,
                            float* out_color, float* final_T, int32_t* n_contrib, cudaStream_t s) {
     const dim3 grid(cam.tiles_x, cam.tiles_y), block(kTile, kTile);
-    render_forward_kernel<<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity, st.rgb,
-                                                  out_color, final_T, n_contrib);
+    static const int width = [] {
+        const char* v = std::getenv("GSR_BLEND_WIDTH");  // experiment knob (2 or 4), see PERF_NOTES
+        return v != nullptr && std::atoi(v) == 4 ? 4 : 2;
+    }();
+    if (width == 4)
+        render_forward_kernel<4><<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity, st.rgb,
+                                                         out_color, final_T, n_contrib);
+    else
+        render_forward_kernel<2><<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity, st.rgb,
+                                                         out_color, final_T, n_contrib);
 }
 
 }  // namespace gsr
