@@ -11,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-LOG=${OUT:-/tmp/gpu_raster_ab}
+LOG=${OUT:-/tmp/gpu_raster_ab}/logs
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 BASE=${1:-}
@@ -58,4 +58,17 @@ grep -h '"kernels_us"' "$LOG/bench_newall.log" | head -1 | cut -c1-2500
 grep -h '"host_us"' "$LOG/bench_newall.log"
 echo "[ab] timeline new: $(PYTHONPATH=$new_path python3 benchmarks/profile_rasterizer_step.py --timeline \
   > "$LOG/timeline_new.txt" 2>&1; grep '^{' "$LOG/timeline_new.txt")"
+# GPU_AB_TRAIN_BASE: an older full tree; then the training benchmark of this tree and of that one
+# (its Python code with the base rasterizer build and this tree's other packages)
+if [ -n "${GPU_AB_TRAIN_BASE:-}" ] && [ -d "$GPU_AB_TRAIN_BASE" ]; then
+  train=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
+         --densify_until 5000 --opacity_reset 10000 --evaluate)
+  PYTHONPATH=$new_path python3 benchmarks/bench_training.py "${train[@]}" > "$LOG/train_new.log" 2>&1
+  echo "[ab] training, this tree:"; grep -E "^\[bench\]" "$LOG/train_new.log"
+  train_base=$(cd "$GPU_AB_TRAIN_BASE" && pwd)
+  (cd "$train_base" && PYTHONPATH=${base_build:+$base_build:}$train_base:$new_path \
+     python3 benchmarks/bench_training.py "${train[@]}" > "$LOG/train_base.log" 2>&1)
+  echo "[ab] training, base tree:"; grep -E "^\[bench\]" "$LOG/train_base.log"
+fi
+tar czf "$LOG/../ab_logs.tgz" -C "$LOG" . 2>/dev/null && echo "[ab] logs in ab_logs.tgz"
 echo "[ab] done after $(( $(date +%s) - t_start )) s"

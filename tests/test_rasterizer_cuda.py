@@ -221,6 +221,20 @@ def test_large_and_tiny_covariances():
     compare(scene, s)
 
 
+def test_large_splats_past_the_tile_mask():
+    """Splats whose tile rectangle exceeds the 64 tiles of the counting pass's mask are tested tile
+    by tile again when their pairs are emitted; mixed with small ones (mask path) they render as
+    the reference does."""
+    _require_cuda()
+    s = make_settings(320, 240, 260.0, 260.0, sh_degree=1)  # 20 x 15 tiles
+    scene = make_scene(1500, s, seed=36, log_scale=(-4.0, -3.0), sh_coeffs=4)
+    scales = scene["scales"].clone()
+    scales[:40] *= 40.0  # radii of several tiles: rectangles of more than 64 tiles
+    scene["scales"] = scales
+    _, radii, _ = compare(scene, s)
+    assert int((radii[:40] > 4.5 * 16).sum()) >= 10  # rectangles of at least 9 x 9 tiles
+
+
 def test_elongated_opaque_splats():
     """Needle-like, rotated, nearly opaque splats: stresses the tile / warp-row culling margins."""
     _require_cuda()
@@ -322,15 +336,15 @@ def test_debug_mode_renders_like_normal_mode():
 # The C++ autograd function (_C.rasterize): shapes, dtypes, retained graphs
 # ----------------------------------------------------------------------------------------------
 def test_gradients_return_in_the_inputs_shapes_and_dtypes():
-    """float64 leaves, flat (N,) opacities and 2-D (N, 3 M) SH rows are converted inside the C++
-    autograd function; gradients come back in the leaves' own shapes and dtypes and equal those of
-    the float32 (N, 1) / (N, M, 3) call."""
+    """float64 leaves and flat (N,) opacities are converted inside the C++ autograd function;
+    gradients come back in the leaves' own shapes and dtypes and equal those of the float32
+    (N, 1)-opacity call."""
     _require_cuda()
     s = make_settings(72, 56, 70.0, 70.0, sh_degree=2)
     scene = make_scene(900, s, seed=33, sh_coeffs=9)
     w = torch.rand(3, 56, 72, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     img, radii, grads = render(scene, s, weights=w)
-    leaves = {"means3D": scene["means3D"].double(), "shs": scene["shs"].reshape(900, 27).double(),
+    leaves = {"means3D": scene["means3D"].double(), "shs": scene["shs"].double(),
               "opacities": scene["opacities"].reshape(900).double(), "scales": scene["scales"].double(),
               "rotations": scene["rotations"].double()}
     leaves = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}

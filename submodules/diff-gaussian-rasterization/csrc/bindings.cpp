@@ -166,6 +166,7 @@ GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t sort_bytes, size
     g.ord.order = c.take<int32_t>(n);
     g.ord.touched_sorted = c.take<int64_t>(n);
     g.ord.offsets = c.take<int64_t>(n);
+    g.ord.tile_mask = c.take<uint64_t>(n);
     g.ord.total = nullptr;  // lives in the image buffer (zeroed with the tile ranges)
     g.sort_bytes = sort_bytes;
     g.sort_tmp = c.take<char>((int64_t)sort_bytes);
@@ -449,9 +450,10 @@ enum Input : int {
     kNumInputs = kNumTensorInputs + 10  // scalars: scale_modifier .. pair_capacity
 };
 
-// A float32 contiguous tensor on `dev` (an empty one for absent inputs).
+// A float32 contiguous tensor on `dev` (`empty` for undefined inputs; empty inputs keep their shape,
+// which the checks of a call with N = 0 read).
 Tensor as_f32(const Tensor& t, const c10::Device& dev, const Tensor& empty) {
-    if (!t.defined() || t.numel() == 0) return empty;
+    if (!t.defined()) return empty;
     Tensor r = (t.scalar_type() == torch::kFloat32 && t.device() == dev) ? t : t.to(dev, torch::kFloat32);
     return r.is_contiguous() ? r : r.contiguous();
 }

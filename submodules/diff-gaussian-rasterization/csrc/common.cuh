@@ -130,36 +130,58 @@ __device__ __forceinline__ void tile_rect(const Camera& c, float2 p, float r, in
 // q is minimised in closed form over the tile's box of pixel centres (clipped to the image) and
 // compared with tau plus a margin 100x above the float32 rounding of both this test and the
 // blending kernels, so a (tile, splat) pair that can contribute is never dropped: images are
-// unchanged, tile lists get shorter.  Not inlined, so that the counting pass (preprocess) and the
-// emitting pass (key duplication) run the very same code on the very same inputs.
+// unchanged, tile lists get shorter.  The per-splat constants (tau, the edge ratios) are set up
+// once per splat by tile_test_of.  Neither function is inlined, so that the counting pass
+// (preprocess) and the emitting pass (key duplication, for rectangles too large for the tile mask)
+// run the very same code on the very same inputs.
+struct TileTest {
+    float A, B, C;   // conic
+    float tau;       // 2 ln(255 o)
+    float bc, ba;    // B / C, B / A (edge minimisation)
+    int verdict;     // 1: every tile (NaN opacity), 0: no tile (opacity <= 0), -1: test each tile
+};
+
 __device__ __forceinline__ float conic_q(float A, float B, float C, float dx, float dy) {
     return A * dx * dx + 2.0f * B * dx * dy + C * dy * dy;
 }
 
-static __device__ __noinline__ bool tile_hit(int width, int height, float2 m, float4 co, int tx, int ty) {
+static __device__ __noinline__ TileTest tile_test_of(float4 co) {
+    TileTest t;
+    t.A = co.x;
+    t.B = co.y;
+    t.C = co.z;
     const float o = co.w;
-    if (isnan(o)) return true;
-    if (!(o > 0.0f)) return false;  // alpha <= 0 never passes the 1/255 test
-    const float tau = 2.0f * logf(255.0f * o);
+    t.verdict = isnan(o) ? 1 : (!(o > 0.0f) ? 0 : -1);  // alpha <= 0 never passes the 1/255 test
+    t.tau = t.verdict < 0 ? 2.0f * logf(255.0f * o) : 0.0f;
+    t.bc = t.B / t.C;
+    t.ba = t.B / t.A;
+    return t;
+}
+
+static __device__ __noinline__ bool tile_hit(int width, int height, float2 m, TileTest t, int tx, int ty) {
+    if (t.verdict >= 0) return t.verdict > 0;
     const float x0 = (float)(tx * kTile) - m.x, x1 = (float)min(tx * kTile + kTile - 1, width - 1) - m.x;
     const float y0 = (float)(ty * kTile) - m.y, y1 = (float)min(ty * kTile + kTile - 1, height - 1) - m.y;
-    const float A = co.x, B = co.y, C = co.z;
+    const float A = t.A, B = t.B, C = t.C;
     float q;
     if (x0 <= 0.0f && x1 >= 0.0f && y0 <= 0.0f && y1 >= 0.0f) {
         q = 0.0f;
     } else {
         // convex q: the box minimum lies on its boundary; minimise along each edge in closed form
-        const float bc = B / C, ba = B / A;
-        const float ya = fminf(fmaxf(-bc * x0, y0), y1), yb = fminf(fmaxf(-bc * x1, y0), y1);
-        const float xa = fminf(fmaxf(-ba * y0, x0), x1), xb = fminf(fmaxf(-ba * y1, x0), x1);
+        const float ya = fminf(fmaxf(-t.bc * x0, y0), y1), yb = fminf(fmaxf(-t.bc * x1, y0), y1);
+        const float xa = fminf(fmaxf(-t.ba * y0, x0), x1), xb = fminf(fmaxf(-t.ba * y1, x0), x1);
         q = fminf(fminf(conic_q(A, B, C, x0, ya), conic_q(A, B, C, x1, yb)),
                   fminf(conic_q(A, B, C, xa, y0), conic_q(A, B, C, xb, y1)));
         if (isnan(q)) return true;
     }
     // margin: |terms of q| <= 2 (A dx^2 + C dy^2) <= 2 scale; float32 rounding is ~1e-6 scale
     const float scale = fabsf(A) * fmaxf(x0 * x0, x1 * x1) + fabsf(C) * fmaxf(y0 * y0, y1 * y1);
-    return q <= tau + 1e-4f * scale + 1e-3f;
+    return q <= t.tau + 1e-4f * scale + 1e-3f;
 }
+
+// Rectangles of at most this many tiles keep the tile test's outcome as a bit mask (row-major over
+// the rectangle), so that the emitting pass reads the tiles instead of testing them again.
+constexpr int64_t kMaskTiles = 64;
 
 // Exact-conservative mask of the warps of a tile block (warp w owns pixel rows 2w, 2w + 1 of the
 // tile starting at row tile_y0) that a splat can reach with alpha >= 1/255.  The reachable set is the

@@ -40,6 +40,7 @@ struct DepthOrder {
     int32_t* order;               // (N,) splat indices, front to back (ties: by index)
     int64_t* touched_sorted;      // (N,) tiles_touched[order[j]]
     int64_t* offsets;             // (N,) inclusive prefix sum of touched_sorted
+    uint64_t* tile_mask;          // (N,) tiles hit, for tile rectangles of at most kMaskTiles tiles
     unsigned long long* total;    // number of (tile, splat) pairs; zeroed before the preprocess
 };
 
