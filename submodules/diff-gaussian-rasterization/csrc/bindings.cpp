@@ -227,6 +227,10 @@ ImageLayout carve_image(void* base, int64_t num_tiles, int64_t pixels, size_t& b
 struct CountReadback {
     int64_t* host = nullptr;
     cudaEvent_t event = nullptr;
+    ~CountReadback() {  // at thread exit (return codes ignored: the runtime may be shutting down)
+        if (host != nullptr) (void)cudaFreeHost(host);
+        if (event != nullptr) (void)cudaEventDestroy(event);
+    }
 };
 
 CountReadback& count_readback(int device) {
