@@ -164,7 +164,6 @@ GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t sort_bytes, size
     g.ord.keys_sorted = c.take<uint32_t>(n);
     g.ord.index = c.take<int32_t>(n);
     g.ord.order = c.take<int32_t>(n);
-    g.ord.touched_sorted = c.take<int64_t>(n);
     g.ord.offsets = c.take<int64_t>(n);
     g.ord.tile_mask = c.take<uint64_t>(n);
     g.ord.total = nullptr;  // lives in the image buffer (zeroed with the tile ranges)
@@ -454,10 +453,10 @@ enum Input : int {
     kNumInputs = kNumTensorInputs + 10  // scalars: scale_modifier .. pair_capacity
 };
 
-// A float32 contiguous tensor on `dev` (`empty` for undefined inputs; empty inputs keep their shape,
-// which the checks of a call with N = 0 read).
-Tensor as_f32(const Tensor& t, const c10::Device& dev, const Tensor& empty) {
-    if (!t.defined()) return empty;
+// A float32 contiguous tensor on `dev` (the Python entry passes empty tensors for absent inputs;
+// they keep their shape, which the checks of a call with N = 0 read).
+Tensor as_f32(const Tensor& t, const c10::Device& dev) {
+    if (!t.defined()) return t;
     Tensor r = (t.scalar_type() == torch::kFloat32 && t.device() == dev) ? t : t.to(dev, torch::kFloat32);
     return r.is_contiguous() ? r : r.contiguous();
 }
@@ -478,13 +477,12 @@ public:
                                  int64_t H, int64_t W, int64_t degree, bool debug, double cx, double cy,
                                  int64_t pair_capacity) {
         const c10::Device dev = means3D.device();
-        const Tensor empty = torch::empty({0}, means3D.options().dtype(torch::kFloat32));
-        const Tensor m3 = as_f32(means3D, dev, empty), op = as_f32(opacity, dev, empty);
-        const Tensor col = as_f32(colors, dev, empty), sc = as_f32(scales, dev, empty);
-        const Tensor rot = as_f32(rotations, dev, empty), cov = as_f32(cov3D, dev, empty);
-        const Tensor shs = as_f32(sh, dev, empty);
-        const Tensor bg32 = as_f32(bg, dev, empty), view32 = as_f32(view, dev, empty);
-        const Tensor proj32 = as_f32(proj, dev, empty), campos32 = as_f32(campos, dev, empty);
+        const Tensor m3 = as_f32(means3D, dev), op = as_f32(opacity, dev);
+        const Tensor col = as_f32(colors, dev), sc = as_f32(scales, dev);
+        const Tensor rot = as_f32(rotations, dev), cov = as_f32(cov3D, dev);
+        const Tensor shs = as_f32(sh, dev);
+        const Tensor bg32 = as_f32(bg, dev), view32 = as_f32(view, dev);
+        const Tensor proj32 = as_f32(proj, dev), campos32 = as_f32(campos, dev);
         auto out = rasterize_forward(bg32, m3, col, op, sc, rot, scale_modifier, cov, view32, proj32, tanfovx, tanfovy,
                                      H, W, shs, degree, campos32, debug, cx, cy, intrinsics, pair_capacity,
                                      pair_count);
@@ -557,7 +555,7 @@ std::vector<Tensor> rasterize(const Tensor& means3D, const std::optional<Tensor>
                               double scale_modifier, double tanfovx, double tanfovy, int64_t H, int64_t W,
                               int64_t degree, bool debug, double cx, double cy, int64_t pair_capacity) {
     TORCH_CHECK(means3D.is_cuda(), "diff_gaussian_rasterization: means3D must be a CUDA tensor");
-    const Tensor empty = torch::empty({0}, means3D.options());
+    const Tensor empty = torch::empty({0}, means3D.options().dtype(torch::kFloat32));
     auto given = [&](const std::optional<Tensor>& t) { return t.has_value() && t->defined() ? *t : empty; };
     return RasterizeFunction::apply(means3D, given(means2D), given(sh), given(colors), opacity, given(scales),
                                     given(rotations), given(cov3D), bg, view, proj, campos, given(intrinsics),

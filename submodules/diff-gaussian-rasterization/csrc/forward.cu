@@ -2,6 +2,7 @@
 // by tile, tile ranges, blending.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#include <thrust/iterator/permutation_iterator.h>
 
 #include "common.cuh"
 #include "rasterizer.h"
@@ -138,9 +139,12 @@ void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatStat
     preprocess_kernel<<<(in.n + 255) / 256, 256, 0, s>>>(cam, in, st, ord);
 }
 
+// tiles_touched read in depth order (the scan gathers through ord.order)
+using TouchedInDepthOrder = thrust::permutation_iterator<const int64_t*, const int32_t*>;
+
 size_t scan_temp_bytes(int n) {
     size_t bytes = 0;
-    cub::DeviceScan::InclusiveSum(nullptr, bytes, (const int64_t*)nullptr, (int64_t*)nullptr, n);
+    cub::DeviceScan::InclusiveSum(nullptr, bytes, TouchedInDepthOrder(nullptr, nullptr), (int64_t*)nullptr, n);
     return bytes;
 }
 
@@ -151,19 +155,13 @@ size_t depth_sort_temp_bytes(int n) {
     return bytes;
 }
 
-__global__ void gather_touched_kernel(int n, const int32_t* __restrict__ order, const int64_t* __restrict__ touched,
-                                      int64_t* __restrict__ touched_sorted) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j < n) touched_sorted[j] = touched[order[j]];
-}
-
 void order_by_depth(void* sort_tmp, size_t sort_bytes, void* scan_tmp, size_t scan_bytes, int n,
                     const SplatState& st, const DepthOrder& ord, cudaStream_t s) {
     if (n == 0) return;
     // stable: equal depths keep index order, as the (tile | depth) keys of a single sort did
     cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, ord.keys, ord.keys_sorted, ord.index, ord.order, n, 0, 32, s);
-    gather_touched_kernel<<<(n + 255) / 256, 256, 0, s>>>(n, ord.order, st.tiles_touched, ord.touched_sorted);
-    cub::DeviceScan::InclusiveSum(scan_tmp, scan_bytes, ord.touched_sorted, ord.offsets, n, s);
+    const TouchedInDepthOrder touched(st.tiles_touched, ord.order);
+    cub::DeviceScan::InclusiveSum(scan_tmp, scan_bytes, touched, ord.offsets, n, s);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,8 +38,7 @@ struct DepthOrder {
     uint32_t* keys_sorted;        // (N,)
     int32_t* index;               // (N,) 0 .. N-1
     int32_t* order;               // (N,) splat indices, front to back (ties: by index)
-    int64_t* touched_sorted;      // (N,) tiles_touched[order[j]]
-    int64_t* offsets;             // (N,) inclusive prefix sum of touched_sorted
+    int64_t* offsets;             // (N,) inclusive prefix sum of tiles_touched[order[j]]
     uint64_t* tile_mask;          // (N,) tiles hit, for tile rectangles of at most kMaskTiles tiles
     unsigned long long* total;    // number of (tile, splat) pairs; zeroed before the preprocess
 };
@@ -49,7 +48,7 @@ void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatStat
                        cudaStream_t s);
 size_t depth_sort_temp_bytes(int n);
 size_t scan_temp_bytes(int n);
-// Depth sort, then the pair offsets in depth order (ord.order, ord.touched_sorted, ord.offsets).
+// Depth sort, then the pair offsets in depth order (ord.order, ord.offsets).
 void order_by_depth(void* sort_tmp, size_t sort_bytes, void* scan_tmp, size_t scan_bytes, int n,
                     const SplatState& st, const DepthOrder& ord, cudaStream_t s);
 
