@@ -513,3 +513,98 @@ def test_sync_free_settings_are_checked():
         render(scene, s._replace(pair_count=torch.zeros(1, device="cuda")))
     with pytest.raises(ValueError, match="intrinsics"):
         render(scene, s._replace(intrinsics=torch.zeros(4, device="cuda")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Depth-order workspaces (csrc/workspace.h): per thread and stream, graph replay per splat count
+# ----------------------------------------------------------------------------------------------
+def _forward(scene, s):
+    with torch.no_grad():
+        return dgr.rasterize_gaussians(scene["means3D"], None, scene["shs"], None, scene["opacities"],
+                                       scene["scales"], scene["rotations"], None, s)
+
+
+def test_workspace_serves_changing_splat_counts():
+    """More splat counts than graphs kept, growing and shrinking: every call renders as a fresh
+    workspace does (bit for bit), the first one as the reference does; the workspace's memory is
+    counted by the caching allocator and released on request."""
+    _require_cuda()
+    s = make_settings(96, 72, 90.0, 90.0)
+    full = make_scene(9000, s, seed=31)
+    counts = (3000, 500, 9000, 1, 3000, 7000, 2500, 500, 9000, 40, 3000)
+    subset = lambda k: {key: v[:k].contiguous() for key, v in full.items()}  # noqa: E731
+    dgr.release_cuda_workspaces()
+    assert dgr.cuda_workspace_bytes() == 0
+    fresh = {}
+    for k in sorted(set(counts)):
+        dgr.release_cuda_workspaces()
+        fresh[k] = _forward(subset(k), s)
+    compare(subset(3000), s)
+    sizes = []
+    for k in counts:
+        img, radii = _forward(subset(k), s)
+        assert torch.equal(img, fresh[k][0]) and torch.equal(radii, fresh[k][1]), k
+        sizes.append(dgr.cuda_workspace_bytes())
+    assert sizes[0] > 0 and max(sizes) == sizes[-1] and sizes[2] > sizes[1]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    held = dgr.cuda_workspace_bytes()
+    dgr.release_cuda_workspaces()
+    assert dgr.cuda_workspace_bytes() == 0
+    assert before - torch.cuda.memory_allocated() >= held
+    img, _ = _forward(subset(3000), s)
+    assert torch.equal(img, fresh[3000][0])
+
+
+def test_workspaces_of_concurrent_streams_and_threads():
+    """Calls queued on two streams without synchronising between them, and calls from another
+    thread, use their own workspaces: each image equals the one rendered alone."""
+    import threading
+
+    _require_cuda()
+    s = make_settings(120, 90, 100.0, 100.0)
+    scenes = [make_scene(n, s, seed=40 + i) for i, n in enumerate((6000, 4000, 6000))]
+    alone = [_forward(sc, s)[0] for sc in scenes]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for st in streams:
+        st.wait_stream(torch.cuda.current_stream())
+    queued = []  # (scene index, image)
+    for rep in range(4):
+        for i, st in enumerate(streams):
+            k = (rep * 2 + i) % 3
+            with torch.cuda.stream(st):
+                queued.append((k, _forward(scenes[k], s)[0]))
+    torch.cuda.synchronize()
+    for k, img in queued:
+        assert torch.equal(img, alone[k]), k
+    results = {}
+
+    def work(idx):
+        results[idx] = [_forward(scenes[(idx + j) % 3], s)[0] for j in range(3)]
+        torch.cuda.synchronize()
+        dgr.release_cuda_workspaces()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for idx, imgs in results.items():
+        for j, img in enumerate(imgs):
+            assert torch.equal(img, alone[(idx + j) % 3]), (idx, j)
+
+
+def test_exact_pair_count_under_graph_capture_is_refused():
+    """An exact-size pass needs a host read-back, which a stream under capture cannot do: the
+    call says so (pair_capacity) instead of failing inside the CUDA runtime."""
+    _require_cuda()
+    s = make_settings(64, 48, 60.0, 60.0)
+    scene = make_scene(500, s, seed=45)
+    _forward(scene, s)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises((ValueError, RuntimeError), match="pair_capacity"):
+        with torch.cuda.graph(graph):
+            _forward(scene, s)
+    torch.cuda.synchronize()
+    img, _ = _forward(scene, s)
+    assert torch.isfinite(img).all()

@@ -34,7 +34,7 @@ def cpu_extensions():
     )]
 
 
-ext_modules, cmdclass = cuda_extensions(PACKAGE, HERE, ("bindings.cpp", "forward.cu", "backward.cu"),
+ext_modules, cmdclass = cuda_extensions(PACKAGE, HERE, ("bindings.cpp", "workspace.cpp", "forward.cu", "backward.cu"),
                                         "nvcc not found: installing the pure-PyTorch reference only",
                                         nvcc_flags=("--expt-relaxed-constexpr",))
 ext_modules = ext_modules + cpu_extensions()

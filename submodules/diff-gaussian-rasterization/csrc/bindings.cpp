@@ -10,7 +10,9 @@
 #include <tuple>
 #include <vector>
 
+#include "carver.h"
 #include "rasterizer.h"
+#include "workspace.h"
 
 namespace {
 
@@ -112,30 +114,23 @@ gsr::SplatInputs make_inputs(const c10::Device& dev, const Tensor& means3D, cons
     return in;
 }
 
-// Carves aligned sub-buffers out of one byte tensor (first pass with base == nullptr: sizes only),
-// so that a pass makes a handful of allocations from the caching allocator instead of one per array.
-class Carver {
-public:
-    explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
-    template <typename T>
-    T* take(int64_t count) {
-        off_ = (off_ + 255) & ~size_t(255);
-        T* p = base_ ? reinterpret_cast<T*>(base_ + off_) : nullptr;
-        off_ += sizeof(T) * (size_t)std::max<int64_t>(count, 0);
-        return p;
-    }
-    size_t size() const { return off_ + 256; }
-
-private:
-    char* base_;
-    size_t off_ = 0;
+// Image part of the per-call state: pair count and tile ranges (zeroed together), final
+// transmittance, last contributor.
+struct ImageLayout {
+    unsigned long long* total;
+    int64_t* ranges;
+    float* final_T;
+    int32_t* n_contrib;
+    size_t zeroed_bytes;  // from `total` to the end of `ranges`
 };
 
-// Per-splat buffers of a forward pass (radii live in their own tensor: they are returned to the
-// caller). The state that the backward pass reads (xy, conic_opacity, rgb) comes first, so that it
-// finds it without sizing the scratch of the depth order behind it.
-struct GeomLayout {
+// The per-call state of a forward pass in one byte buffer (radii live in their own tensor: they are
+// returned to the caller). First what the backward pass reads: the splats' screen state (xy,
+// conic_opacity, rgb) and the image part. Behind it, only when the depth order cannot use the
+// stream's workspace (a stream under capture), the depth-order scratch.
+struct StateLayout {
     gsr::SplatState st;
+    ImageLayout im;
     gsr::DepthOrder ord;
     void* sort_tmp;
     size_t sort_bytes;
@@ -143,36 +138,42 @@ struct GeomLayout {
     size_t scan_bytes;
 };
 
-// Byte size of the part that the backward pass reads.
-size_t backward_geom_bytes(int64_t n) {
-    Carver c(nullptr);
-    c.take<float2>(n);
-    c.take<float4>(n);
-    c.take<float>(3 * n);
-    return c.size();
+StateLayout carve_state(void* base, int64_t n, int64_t num_tiles, int64_t pixels, bool with_order,
+                        size_t sort_bytes, size_t scan_bytes, size_t& bytes) {
+    gsr::Carver c(base);
+    StateLayout l{};
+    l.st.xy = c.take<float2>(n);
+    l.st.conic_opacity = c.take<float4>(n);
+    l.st.rgb = c.take<float>(3 * n);
+    l.im.total = c.take<unsigned long long>(1);
+    l.im.ranges = c.take<int64_t>(2 * num_tiles);
+    l.im.zeroed_bytes = reinterpret_cast<char*>(l.im.ranges + 2 * num_tiles) - reinterpret_cast<char*>(l.im.total);
+    l.im.final_T = c.take<float>(pixels);
+    l.im.n_contrib = c.take<int32_t>(pixels);
+    if (with_order) {
+        l.st.tiles_touched = c.take<int64_t>(n);
+        l.ord.keys = c.take<uint32_t>(n);
+        l.ord.keys_sorted = c.take<uint32_t>(n);
+        l.ord.index = c.take<int32_t>(n);
+        l.ord.order = c.take<int32_t>(n);
+        l.ord.offsets = c.take<int64_t>(n);
+        l.ord.tile_mask = c.take<uint64_t>(n);
+        l.sort_bytes = sort_bytes;
+        l.sort_tmp = c.take<char>((int64_t)sort_bytes);
+        l.scan_bytes = scan_bytes;
+        l.scan_tmp = c.take<char>((int64_t)scan_bytes);
+    }
+    l.ord.total = l.im.total;
+    bytes = c.size();
+    return l;
 }
 
-GeomLayout carve_geom(void* base, int64_t n, int* radii, size_t sort_bytes, size_t scan_bytes, size_t& bytes) {
-    Carver c(base);
-    GeomLayout g;
-    g.st.xy = c.take<float2>(n);
-    g.st.conic_opacity = c.take<float4>(n);
-    g.st.rgb = c.take<float>(3 * n);
-    g.st.radii = radii;
-    g.st.tiles_touched = c.take<int64_t>(n);
-    g.ord.keys = c.take<uint32_t>(n);
-    g.ord.keys_sorted = c.take<uint32_t>(n);
-    g.ord.index = c.take<int32_t>(n);
-    g.ord.order = c.take<int32_t>(n);
-    g.ord.offsets = c.take<int64_t>(n);
-    g.ord.tile_mask = c.take<uint64_t>(n);
-    g.ord.total = nullptr;  // lives in the image buffer (zeroed with the tile ranges)
-    g.sort_bytes = sort_bytes;
-    g.sort_tmp = c.take<char>((int64_t)sort_bytes);
-    g.scan_bytes = scan_bytes;
-    g.scan_tmp = c.take<char>((int64_t)scan_bytes);
-    bytes = c.size();
-    return g;
+bool stream_is_capturing(cudaStream_t stream) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    const cudaError_t err = cudaStreamIsCapturing(stream, &status);
+    TORCH_CHECK(err == cudaSuccess, "diff_gaussian_rasterization: cudaStreamIsCapturing failed: ",
+                cudaGetErrorString(err));
+    return status != cudaStreamCaptureStatusNone;
 }
 
 // Per-pair buffers; point_list comes first so that the backward pass finds it at offset 0.
@@ -187,7 +188,7 @@ struct BinLayout {
 };
 
 BinLayout carve_bins(void* base, int64_t pairs, int key_bytes, size_t sort_bytes, size_t& bytes) {
-    Carver c(base);
+    gsr::Carver c(base);
     BinLayout b;
     b.point_list = c.take<int32_t>(pairs);
     b.vals_unsorted = c.take<int32_t>(pairs);
@@ -199,57 +200,6 @@ BinLayout carve_bins(void* base, int64_t pairs, int key_bytes, size_t sort_bytes
     return b;
 }
 
-// Per-image buffers: pair count and tile ranges (zeroed together), final transmittance, last
-// contributor.
-struct ImageLayout {
-    unsigned long long* total;
-    int64_t* ranges;
-    float* final_T;
-    int32_t* n_contrib;
-    size_t zeroed_bytes;  // from `total` to the end of `ranges`
-};
-
-ImageLayout carve_image(void* base, int64_t num_tiles, int64_t pixels, size_t& bytes) {
-    Carver c(base);
-    ImageLayout im;
-    im.total = c.take<unsigned long long>(1);
-    im.ranges = c.take<int64_t>(2 * num_tiles);
-    im.zeroed_bytes = reinterpret_cast<char*>(im.ranges + 2 * num_tiles) - reinterpret_cast<char*>(im.total);
-    im.final_T = c.take<float>(pixels);
-    im.n_contrib = c.take<int32_t>(pixels);
-    bytes = c.size();
-    return im;
-}
-
-// The pair count of an exact-size forward pass reaches the host through a pinned slot and an event
-// (one of each per thread and device), so that the depth sort runs on the GPU while the host waits.
-struct CountReadback {
-    int64_t* host = nullptr;
-    cudaEvent_t event = nullptr;
-    ~CountReadback() {  // at thread exit (return codes ignored: the runtime may be shutting down)
-        if (host != nullptr) (void)cudaFreeHost(host);
-        if (event != nullptr) (void)cudaEventDestroy(event);
-    }
-};
-
-CountReadback& count_readback(int device) {
-    constexpr int kMaxDevices = 64;
-    thread_local CountReadback slots[kMaxDevices];
-    TORCH_CHECK(device >= 0 && device < kMaxDevices, "diff_gaussian_rasterization: device index ", device,
-                " out of range");
-    CountReadback& r = slots[device];
-    if (r.host == nullptr) {
-        void* p = nullptr;
-        TORCH_CHECK(cudaHostAlloc(&p, sizeof(int64_t), cudaHostAllocPortable) == cudaSuccess,
-                    "diff_gaussian_rasterization: cudaHostAlloc failed");
-        r.host = static_cast<int64_t*>(p);
-    }
-    if (r.event == nullptr)
-        TORCH_CHECK(cudaEventCreateWithFlags(&r.event, cudaEventDisableTiming) == cudaSuccess,
-                    "diff_gaussian_rasterization: cudaEventCreate failed");
-    return r;
-}
-
 Tensor byte_buffer(size_t bytes, const torch::TensorOptions& opt) {
     return torch::empty({(int64_t)bytes}, opt.dtype(torch::kUInt8));
 }
@@ -257,7 +207,7 @@ Tensor byte_buffer(size_t bytes, const torch::TensorOptions& opt) {
 // Key duplication (front to back), padding of a fixed-size buffer, the stable sort by tile and the
 // tile ranges.
 template <typename Key>
-void emit_and_sort_pairs(const gsr::Camera& cam, int n, const GeomLayout& g, const ImageLayout& im, const BinLayout& b,
+void emit_and_sort_pairs(const gsr::Camera& cam, int n, const StateLayout& g, const ImageLayout& im, const BinLayout& b,
                          int64_t num_rendered, bool fixed_size, int tile_bits, bool debug, Key* keys_unsorted,
                          Key* keys_sorted, cudaStream_t stream) {
     const int num_tiles = cam.tiles_x * cam.tiles_y;
@@ -274,8 +224,8 @@ void emit_and_sort_pairs(const gsr::Camera& cam, int n, const GeomLayout& g, con
     check_launch(debug, "tile ranges");
 }
 
-// Returns (color (3, H, W), radii (N,), geom, bins, image) - the last three are opaque byte buffers
-// kept by the autograd function for the backward pass.
+// Returns (color (3, H, W), radii (N,), state, bins) - the last two are opaque byte buffers kept by
+// the autograd function for the backward pass.
 std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, const Tensor& colors,
                                       const Tensor& opacity, const Tensor& scales, const Tensor& rotations,
                                       double scale_modifier, const Tensor& cov3D, const Tensor& viewmatrix,
@@ -301,19 +251,25 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
     TORCH_CHECK(num_tiles < (int64_t)UINT32_MAX, "diff_gaussian_rasterization: image too large");
 
+    // The depth order lives in the stream's workspace (its sort and scan replayed as a graph),
+    // except while the stream is being captured: a caller's graph must own every buffer it uses.
+    gsr::DepthWorkspace* ws =
+        (n > 0 && !stream_is_capturing(stream)) ? &gsr::depth_workspace(means3D.device().index(), stream) : nullptr;
+    const bool order_here = n > 0 && ws == nullptr;
+    const size_t depth_sort_bytes = order_here ? gsr::depth_sort_temp_bytes((int)n) : 0;
+    const size_t scan_bytes = order_here ? gsr::scan_temp_bytes((int)n) : 0;
+    size_t state_bytes = 0;
+    carve_state(nullptr, n, num_tiles, H * W, order_here, depth_sort_bytes, scan_bytes, state_bytes);
+    Tensor state = byte_buffer(state_bytes, fopt);
+    StateLayout g =
+        carve_state(state.data_ptr(), n, num_tiles, H * W, order_here, depth_sort_bytes, scan_bytes, state_bytes);
+    const ImageLayout& im = g.im;
     Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
-    size_t geom_bytes = 0;
-    const size_t depth_sort_bytes = n > 0 ? gsr::depth_sort_temp_bytes((int)n) : 0;
-    const size_t scan_bytes = n > 0 ? gsr::scan_temp_bytes((int)n) : 0;
-    carve_geom(nullptr, n, nullptr, depth_sort_bytes, scan_bytes, geom_bytes);
-    Tensor geom = byte_buffer(geom_bytes, fopt);
-    GeomLayout g = carve_geom(geom.data_ptr(), n, radii.data_ptr<int>(), depth_sort_bytes, scan_bytes, geom_bytes);
-    size_t image_bytes = 0;
-    carve_image(nullptr, num_tiles, H * W, image_bytes);
-    Tensor image = byte_buffer(image_bytes, fopt);
-    const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, image_bytes);
-    g.ord.total = im.total;
-    Tensor color = torch::empty({3, H, W}, fopt);
+    g.st.radii = radii.data_ptr<int>();
+    if (ws != nullptr) {
+        ws->prepare((int)n, &g.st.tiles_touched, &g.ord);
+        g.ord.total = im.total;
+    }
 
     TORCH_CHECK(cudaMemsetAsync(im.total, 0, im.zeroed_bytes, stream) == cudaSuccess,
                 "diff_gaussian_rasterization: cudaMemsetAsync failed");
@@ -326,26 +282,32 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     // Pair buffer size: the exact number of (tile, splat) pairs, read back with the one host
     // synchronisation of the pass (the depth sort is queued before the host waits, so the GPU stays
     // busy meanwhile), or a fixed pair_capacity (no synchronisation: pairs beyond it are dropped,
-    // and pair_count tells the caller that the image is incomplete).
+    // and pair_count tells the caller that the image is incomplete). Exact sizes need the
+    // workspace's pinned slot: under stream capture only fixed sizes are possible.
     const bool fixed_size = pair_capacity > 0;
-    CountReadback* readback = nullptr;
-    if (n > 0 && !fixed_size) {
-        readback = &count_readback(means3D.device().index());
-        TORCH_CHECK(cudaMemcpyAsync(readback->host, im.total, sizeof(int64_t), cudaMemcpyDeviceToHost, stream) ==
+    const bool read_count = n > 0 && !fixed_size;
+    TORCH_CHECK_VALUE(!read_count || ws != nullptr,
+                "diff_gaussian_rasterization: a forward pass under CUDA graph capture needs pair_capacity > 0");
+    if (read_count)
+        TORCH_CHECK(cudaMemcpyAsync(ws->count_host(), im.total, sizeof(int64_t), cudaMemcpyDeviceToHost, stream) ==
                             cudaSuccess &&
-                        cudaEventRecord(readback->event, stream) == cudaSuccess,
+                        cudaEventRecord(ws->count_event(), stream) == cudaSuccess,
                     "diff_gaussian_rasterization: queueing the pair-count read-back failed");
+    Tensor color = torch::empty({3, H, W}, fopt);  // after the first launches: the GPU is busy meanwhile
+    if (ws != nullptr) {
+        ws->order_by_depth((int)n);
+    } else {
+        gsr::order_by_depth(g.sort_tmp, g.sort_bytes, g.scan_tmp, g.scan_bytes, (int)n, g.st, g.ord, stream);
     }
-    gsr::order_by_depth(g.sort_tmp, g.sort_bytes, g.scan_tmp, g.scan_bytes, (int)n, g.st, g.ord, stream);
     check_launch(debug, "depth order");
     int64_t num_rendered = 0;
     if (fixed_size) {
         num_rendered = n > 0 ? pair_capacity : 0;
-    } else if (readback != nullptr) {
-        TORCH_CHECK(cudaEventSynchronize(readback->event) == cudaSuccess,
+    } else if (read_count) {
+        TORCH_CHECK(cudaEventSynchronize(ws->count_event()) == cudaSuccess,
                     "diff_gaussian_rasterization: reading the number of tile pairs failed: ",
                     cudaGetErrorString(cudaGetLastError()));
-        num_rendered = *readback->host;
+        num_rendered = *ws->count_host();
     }
 
     // tile keys: 16 bits when they hold every tile index and the padding key num_tiles
@@ -370,7 +332,7 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     gsr::launch_render_forward(cam, im.ranges, b.point_list, g.st, color.data_ptr<float>(), im.final_T,
                                im.n_contrib, stream);
     check_launch(debug, "render");
-    return {color, radii, geom, bins, image};
+    return {color, radii, state, bins};
 }
 
 // Returns (dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drotations); absent inputs get
@@ -380,8 +342,8 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
                                        const Tensor& rotations, double scale_modifier, const Tensor& cov3D,
                                        const Tensor& viewmatrix, const Tensor& projmatrix, double tanfovx,
                                        double tanfovy, const Tensor& dL_dout, const Tensor& sh, int64_t degree,
-                                       const Tensor& campos, const Tensor& geom, const Tensor& bins,
-                                       const Tensor& image, bool debug, double cx, double cy,
+                                       const Tensor& campos, const Tensor& state, const Tensor& bins,
+                                       bool debug, double cx, double cy,
                                        const Tensor& intrinsics) {
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -398,11 +360,10 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     const Tensor grad = dL_dout.contiguous();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
     size_t bytes = 0;
-    TORCH_CHECK(radii.numel() == n && backward_geom_bytes(n) <= (size_t)geom.numel(),
+    const StateLayout g = carve_state(state.data_ptr(), n, num_tiles, H * W, false, 0, 0, bytes);
+    TORCH_CHECK(radii.numel() == n && bytes <= (size_t)state.numel(),
                 "diff_gaussian_rasterization: forward state does not match the inputs");
-    const GeomLayout g = carve_geom(geom.data_ptr(), n, const_cast<int*>(radii.data_ptr<int>()), 0, 0, bytes);
-    const ImageLayout im = carve_image(image.data_ptr(), num_tiles, H * W, bytes);
-    TORCH_CHECK(bytes == (size_t)image.numel(), "diff_gaussian_rasterization: forward state does not match the image");
+    const ImageLayout& im = g.im;
     const int32_t* point_list = reinterpret_cast<const int32_t*>(bins.data_ptr());
 
     Tensor accum = torch::empty({n, 12}, fopt);
@@ -489,7 +450,7 @@ public:
         const Tensor& color = out[0];
         const Tensor& radii = out[1];
         ctx->save_for_backward({bg32, m3, radii, col, op, sc, rot, cov, view32, proj32, shs, campos32, out[2], out[3],
-                                out[4], intrinsics});
+                                intrinsics});
         ctx->saved_data["scale_modifier"] = scale_modifier;
         ctx->saved_data["tanfovx"] = tanfovx;
         ctx->saved_data["tanfovy"] = tanfovy;
@@ -513,8 +474,8 @@ public:
         const auto saved = ctx->get_saved_variables();
         const Tensor &bg = saved[0], &m3 = saved[1], &radii = saved[2], &col = saved[3], &op = saved[4],
                      &sc = saved[5], &rot = saved[6], &cov = saved[7], &view = saved[8], &proj = saved[9],
-                     &shs = saved[10], &campos = saved[11], &geom = saved[12], &bins = saved[13],
-                     &image = saved[14], &intrinsics = saved[15];
+                     &shs = saved[10], &campos = saved[11], &state = saved[12], &bins = saved[13],
+                     &intrinsics = saved[14];
         const auto& d = ctx->saved_data;
         const bool debug = d.at("debug").toBool();
         Tensor grad = grad_outputs[0];
@@ -525,7 +486,7 @@ public:
         if (debug) check_finite(grad, "grad of the rendered image");
         auto g = rasterize_backward(bg, m3, radii, col, op, sc, rot, d.at("scale_modifier").toDouble(), cov, view, proj,
                                     d.at("tanfovx").toDouble(), d.at("tanfovy").toDouble(), grad, shs,
-                                    d.at("degree").toInt(), campos, geom, bins, image, debug, d.at("cx").toDouble(),
+                                    d.at("degree").toInt(), campos, state, bins, debug, d.at("cx").toDouble(),
                                     d.at("cy").toDouble(), intrinsics);
         // g: dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drotations
         variable_list grads(kNumInputs);
@@ -570,4 +531,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("rasterize", &rasterize, "Differentiable render (autograd function of the two passes)");
     m.def("rasterize_forward", &rasterize_forward, "Forward pass of the tile rasterizer");
     m.def("rasterize_backward", &rasterize_backward, "Backward pass of the tile rasterizer");
+    m.def("workspace_bytes", &gsr::depth_workspace_bytes,
+          "Bytes held by the calling thread's depth-order workspaces (one per device and stream used)");
+    m.def("release_workspaces", &gsr::release_depth_workspaces,
+          "Free the calling thread's depth-order workspaces (they are made again on the next call)");
 }

@@ -36,7 +36,8 @@ from . import reference
 from ._checks import check_finite, check_inputs
 
 __all__ = ["GaussianRasterizationSettings", "GaussianRasterizer", "rasterize_gaussians", "cuda_available",
-           "resolve_backend", "check_finite", "BACKENDS", "cpu_available"]
+           "resolve_backend", "check_finite", "BACKENDS", "cpu_available", "cuda_workspace_bytes",
+           "release_cuda_workspaces"]
 
 BACKENDS = ("auto", "cuda", "cpu", "reference")
 
@@ -92,6 +93,8 @@ def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) ->
     ``RuntimeError`` if impossible). ``auto``: CUDA tensors use the CUDA extension, float32 CPU
     tensors the C++ CPU extension, anything else (float64 checks, nothing built) the reference."""
     backend = getattr(settings, "backend", "auto") or "auto"
+    if backend == "auto" and means3D.is_cuda and cuda_available():
+        return "cuda"
     if backend not in BACKENDS:
         raise ValueError(f"raster_settings.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
@@ -116,9 +119,29 @@ def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) ->
     return "cpu" if means3D.dtype != torch.float64 and cpu_available() else "reference"
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda_entry() -> Callable[..., Tuple[Tensor, Tensor]]:
-    from ._cuda import rasterize_gaussians_cuda  # lazy: the package works without _cuda.py / _C
-    return rasterize_gaussians_cuda
+    """The CUDA backend's per-call entry for checked inputs (imported once, lazily: the package
+    works without ``_C``)."""
+    from ._cuda import render_cuda
+    return render_cuda
+
+
+def cuda_workspace_bytes() -> int:
+    """GPU bytes held by the calling thread's depth-order workspaces of the CUDA backend (one per
+    device and stream it rendered on, from PyTorch's caching allocator); 0 without the extension."""
+    if not cuda_available():
+        return 0
+    from ._cuda import workspace_bytes
+    return workspace_bytes()
+
+
+def release_cuda_workspaces() -> None:
+    """Free the calling thread's depth-order workspaces of the CUDA backend (made again by the next
+    call on each stream); nothing to do without the extension."""
+    if cuda_available():
+        from ._cuda import release_workspaces
+        release_workspaces()
 
 
 def _none_if_empty(t: Optional[Tensor], n: int) -> Optional[Tensor]:

@@ -27,28 +27,19 @@ def check_inputs(settings: Any, means3D: Tensor, means2D: Optional[Tensor], opac
     if cov3D_precomp is not None and (scales is not None or rotations is not None):
         raise ValueError("provide either scales and rotations, or cov3D_precomp, not both")
     _check_settings(settings)
-    tensors = _named_inputs(means3D, means2D, opacities, shs, colors_precomp, scales, rotations, cov3D_precomp)
-    _check_shapes(settings, tensors)
+    _check_shapes(settings, means3D, (("means2D", means2D), ("opacities", opacities), ("shs", shs),
+                                      ("colors_precomp", colors_precomp), ("scales", scales),
+                                      ("rotations", rotations), ("cov3D_precomp", cov3D_precomp)))
     if bool(getattr(settings, "debug", False)):
-        check_finite(tensors)
+        check_finite({"means3D": means3D, "means2D": means2D, "opacities": opacities, "shs": shs,
+                      "colors_precomp": colors_precomp, "scales": scales, "rotations": rotations,
+                      "cov3D_precomp": cov3D_precomp})
         check_finite({"bg": settings.bg, "viewmatrix": settings.viewmatrix, "projmatrix": settings.projmatrix,
                       "campos": settings.campos})
 
 
 def _given(t: Optional[Tensor]) -> str:
     return "missing" if t is None else "given"
-
-
-def _named_inputs(means3D: Tensor, means2D: Optional[Tensor], opacities: Tensor, shs: Optional[Tensor],
-                  colors_precomp: Optional[Tensor], scales: Optional[Tensor], rotations: Optional[Tensor],
-                  cov3D_precomp: Optional[Tensor]) -> Dict[str, Tensor]:
-    named = {"means3D": means3D, "means2D": means2D, "opacities": opacities, "shs": shs,
-             "colors_precomp": colors_precomp, "scales": scales, "rotations": rotations,
-             "cov3D_precomp": cov3D_precomp}
-    for name, t in named.items():
-        if t is not None and not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    return {k: v for k, v in named.items() if v is not None}
 
 
 def _check_settings(settings: Any) -> None:
@@ -71,13 +62,13 @@ def _check_settings(settings: Any) -> None:
     degree = int(settings.sh_degree)
     if not 0 <= degree <= 3:
         raise ValueError(f"raster_settings.sh_degree must be in 0..3, got {degree}")
-    for name in ("bg", "viewmatrix", "projmatrix", "campos"):
+    for name, want in (("bg", 3), ("viewmatrix", 16), ("projmatrix", 16), ("campos", 3)):
         t = getattr(settings, name)
         if not isinstance(t, Tensor):
             raise ValueError(f"raster_settings.{name} must be a torch.Tensor, got {type(t).__name__}")
-        if name in ("bg", "campos") and t.numel() != 3:
+        if want == 3 and t.numel() != 3:
             raise ValueError(f"raster_settings.{name} must hold 3 values, got shape {tuple(t.shape)}")
-        if name in ("viewmatrix", "projmatrix") and tuple(t.shape) != (4, 4):
+        if want == 16 and t.shape != (4, 4):
             raise ValueError(f"raster_settings.{name} must have shape (4, 4), got {tuple(t.shape)}")
 
 
@@ -97,19 +88,23 @@ _SHAPE_RULES: Dict[str, Tuple[str, Any]] = {
 }
 
 
-def _check_shapes(settings: Any, tensors: Dict[str, Tensor]) -> None:
-    means3D = tensors["means3D"]
+def _check_shapes(settings: Any, means3D: Any, others: Tuple[Tuple[str, Optional[Tensor]], ...]) -> None:
+    """Shapes, dtypes and devices of the per-splat inputs (``others``: ``(name, tensor or None)``).
+    Runs on every call, so it touches each tensor's metadata once and builds nothing."""
+    if not isinstance(means3D, Tensor):
+        raise ValueError(f"means3D must be a torch.Tensor, got {type(means3D).__name__}")
     shape = means3D.shape
     if len(shape) != 2 or shape[1] != 3:
         raise ValueError(f"means3D must have shape (N, 3), got {tuple(shape)}")
     n, device = shape[0], means3D.device
-    for name, t in tensors.items():
-        if name == "means3D":
+    for name, t in others:
+        if t is None:
             continue
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         s = t.shape
-        rows = s[0] if s else None
-        if rows != n:
-            raise ValueError(f"{name} has {rows} rows but means3D has N = {n}")
+        if (s[0] if s else None) != n:
+            raise ValueError(f"{name} has {s[0] if s else None} rows but means3D has N = {n}")
         text, ok = _SHAPE_RULES[name]
         if not ok(s):
             raise ValueError(f"{name} must have shape {text} with N = {n}, got {tuple(s)}")
@@ -117,12 +112,11 @@ def _check_shapes(settings: Any, tensors: Dict[str, Tensor]) -> None:
             raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but means3D is on {device}")
-    shs = tensors.get("shs")
-    if shs is not None:
-        need = (int(settings.sh_degree) + 1) ** 2
-        if shs.shape[1] < need:
-            raise ValueError(f"shs has {shs.shape[1]} coefficients per channel but sh_degree "
-                             f"{int(settings.sh_degree)} needs at least {need}")
+        if name == "shs":
+            need = (int(settings.sh_degree) + 1) ** 2
+            if s[1] < need:
+                raise ValueError(f"shs has {s[1]} coefficients per channel but sh_degree "
+                                 f"{int(settings.sh_degree)} needs at least {need}")
 
 
 def check_finite(tensors: Dict[str, Optional[Tensor]]) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import _C
 
-__all__ = ["rasterize_gaussians_cuda"]
+__all__ = ["rasterize_gaussians_cuda", "render_cuda", "workspace_bytes", "release_workspaces"]
 
 
 def _centre(value: Optional[float]) -> float:
@@ -60,8 +60,18 @@ def rasterize_gaussians_cuda(means3D: Tensor, means2D: Optional[Tensor], sh: Opt
                        "scales": scales, "rotations": rotations, "cov3D_precomp": cov3Ds_precomp,
                        "viewmatrix": raster_settings.viewmatrix, "projmatrix": raster_settings.projmatrix,
                        "campos": raster_settings.campos, "bg": raster_settings.bg})
+    return render_cuda(means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp,
+                       raster_settings)
+
+
+def render_cuda(means3D: Tensor, means2D: Optional[Tensor], sh: Optional[Tensor], colors_precomp: Optional[Tensor],
+                opacities: Tensor, scales: Optional[Tensor], rotations: Optional[Tensor],
+                cov3Ds_precomp: Optional[Tensor], raster_settings: Any) -> Tuple[Tensor, Tensor]:
+    """:func:`rasterize_gaussians_cuda` for inputs already normalised and checked (absent ones
+    ``None``, one colour and one covariance source, CUDA tensors, debug checks done): the
+    per-call path of :func:`diff_gaussian_rasterization.rasterize_gaussians`."""
     if sh is not None and sh.dim() == 2:
-        sh = sh.reshape(n, -1, 3)
+        sh = sh.reshape(sh.shape[0], -1, 3)
     s = raster_settings
     color, radii = _C.rasterize(
         means3D, means2D, sh, colors_precomp, opacities, scales, rotations, cov3Ds_precomp, s.bg, s.viewmatrix,
@@ -70,3 +80,15 @@ def rasterize_gaussians_cuda(means3D: Tensor, means2D: Optional[Tensor], sh: Opt
         int(s.sh_degree), bool(s.debug), _centre(getattr(s, "cx", None)), _centre(getattr(s, "cy", None)),
         int(getattr(s, "pair_capacity", 0) or 0))
     return color, radii
+
+
+def workspace_bytes() -> int:
+    """Bytes of GPU memory held by the calling thread's depth-order workspaces (``csrc/workspace.h``:
+    one per device and stream this thread rendered on; they come from PyTorch's caching allocator)."""
+    return int(_C.workspace_bytes())
+
+
+def release_workspaces() -> None:
+    """Free the calling thread's depth-order workspaces (after their queued work finishes); the next
+    call on a stream makes its workspace again."""
+    _C.release_workspaces()
