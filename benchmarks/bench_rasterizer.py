@@ -9,7 +9,7 @@ step graph does) and never synchronises; ``cuda_graph`` replays that forward and
 graphs (what a training iteration runs; the no-grad fps column is still the eager call).
 
 usage: python benchmarks/bench_rasterizer.py [--backend cuda|cuda_fixed|reference|both|all] [--n 100000]
-       [--width 802] [--height 550] [--profile]
+       [--width 802] [--height 550] [--profile] [--cpu-breakdown] [--host-costs] [--graph-ab]
 Prints one JSON line per backend, then a short table.  Never asserts on time.
 """
 from __future__ import annotations
@@ -244,6 +244,97 @@ def cpu_breakdown(n: int, width: int, height: int) -> dict:
     return out
 
 
+def host_costs(n: int, width: int, height: int, reps: int = 2000) -> dict:
+    """Host time (us per call, back-to-back loops, no synchronisation) of the pieces that precede
+    the first kernel of an eager forward call: the caller's settings, module and ``zeros_like``,
+    the input checks, and whole calls with N = 0 (every layer down to the C++ entry, one memset
+    and no other kernel) through the API and through ``_C.rasterize`` directly."""
+    from diff_gaussian_rasterization import _C
+    from diff_gaussian_rasterization._checks import check_inputs
+
+    (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
+    view, fullp, campos = cams[0]
+
+    def settings():
+        return dgr.GaussianRasterizationSettings(
+            image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
+            viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False)
+
+    s = settings()
+    m2 = torch.zeros_like(means, requires_grad=True)
+    empty = [torch.zeros(0, *t.shape[1:], device="cuda", requires_grad=True) for t in (means, scales, rots, opac, shs)]
+    e_means, e_scales, e_rots, e_opac, e_shs = empty
+    e_m2 = torch.zeros(0, 3, device="cuda", requires_grad=True)
+    pieces = {
+        "settings": settings,
+        "module": lambda: dgr.GaussianRasterizer(s),
+        "zeros_like_grad": lambda: torch.zeros_like(means, requires_grad=True),
+        "check_inputs": lambda: check_inputs(s, means, m2, opac, shs, None, scales, rots, None),
+        "api_call_n0": lambda: dgr.GaussianRasterizer(s)(means3D=e_means, means2D=e_m2, shs=e_shs, opacities=e_opac,
+                                                          scales=e_scales, rotations=e_rots),
+        "C_rasterize_n0": lambda: _C.rasterize(e_means, e_m2, e_shs, None, e_opac, e_scales, e_rots, None, bg, view,
+                                               fullp, campos, None, None, 1.0, tanx, tany, height, width, 3, False,
+                                               math.nan, math.nan, 0),
+    }
+    out = {}
+    for name, fn in pieces.items():
+        for _ in range(200):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        out[name] = round((time.perf_counter() - t0) / reps * 1e6, 2)
+        torch.cuda.synchronize()
+    return out
+
+
+def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
+    """Eager forward / backward medians (ms) with the depth-order graph replay on and off
+    (GSR_DEPTH_GRAPH), interleaved step by step in one process so that host drift affects both."""
+    (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
+
+    def step(cam):
+        view, fullp, campos = cam
+        s = dgr.GaussianRasterizationSettings(
+            image_height=height, image_width=width, tanfovx=tanx, tanfovy=tany, bg=bg, scale_modifier=1.0,
+            viewmatrix=view, projmatrix=fullp, sh_degree=3, campos=campos, prefiltered=False, debug=False)
+        means2d = torch.zeros_like(means, requires_grad=True)
+        img, _ = dgr.GaussianRasterizer(s)(means3D=means, means2D=means2d, shs=shs, opacities=opac, scales=scales,
+                                           rotations=rots)
+        return (img - 0.5).abs().mean()
+
+    times = {"graph": ([], []), "plain": ([], [])}
+    previous = os.environ.get("GSR_DEPTH_GRAPH")
+    try:
+        for i in range(2 * steps + 20):
+            mode = "graph" if i % 2 else "plain"
+            os.environ["GSR_DEPTH_GRAPH"] = "1" if mode == "graph" else "0"
+            torch.cuda.synchronize()
+            e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            e0.record()
+            loss = step(cams[(i // 2) % 16])
+            e1.record()
+            loss.backward()
+            e2.record()
+            torch.cuda.synchronize()
+            if i >= 20:
+                times[mode][0].append(e0.elapsed_time(e1))
+                times[mode][1].append(e1.elapsed_time(e2))
+    finally:
+        if previous is None:
+            os.environ.pop("GSR_DEPTH_GRAPH", None)
+        else:
+            os.environ["GSR_DEPTH_GRAPH"] = previous
+    out = {}
+    for mode, (fw, bw) in times.items():
+        fw.sort()
+        bw.sort()
+        out[mode] = {"fwd_ms_median": round(fw[len(fw) // 2], 4), "bwd_ms_median": round(bw[len(bw) // 2], 4),
+                     "fwd_ms_p25": round(fw[len(fw) // 4], 4), "fwd_ms_p75": round(fw[3 * len(fw) // 4], 4)}
+    return out
+
+
 ORIGINAL_FWD_MS, ORIGINAL_BWD_MS = 0.71, 1.36  # graphdeco's rasterizer, measured on the device's H100
 
 
@@ -256,12 +347,20 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=550)
     ap.add_argument("--profile", action="store_true", help="per-kernel times (torch.profiler)")
     ap.add_argument("--cpu-breakdown", action="store_true", help="host time of the pieces of a call")
+    ap.add_argument("--host-costs", action="store_true",
+                    help="host time of the pieces before the first kernel (no-sync loops, N = 0 calls)")
+    ap.add_argument("--graph-ab", action="store_true",
+                    help="eager forward with the depth-order graph replay on / off, interleaved in one process")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_rasterizer: needs a CUDA GPU")
         return
     if args.cpu_breakdown:
         print(json.dumps({"host_us": cpu_breakdown(args.n, args.width, args.height)}), flush=True)
+    if args.host_costs:
+        print(json.dumps({"host_costs_us": host_costs(args.n, args.width, args.height)}), flush=True)
+    if args.graph_ab:
+        print(json.dumps({"depth_graph_ab": graph_ab(args.n, args.width, args.height)}), flush=True)
     backends = {"both": ["cuda", "cuda_fixed", "cuda_graph"],
                 "all": ["cuda", "cuda_fixed", "cuda_graph", "reference"]}.get(args.backend,
                                                                                                 [args.backend])

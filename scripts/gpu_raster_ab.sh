@@ -53,22 +53,31 @@ for r in $(seq 1 "$rounds"); do
     (export "${v#*:}"; bench "${v%%:*}$r" "$new_path" --backend cuda)
   done
 done
-bench newall "$new_path" --backend both --profile --cpu-breakdown
+bench newall "$new_path" --backend both --profile --cpu-breakdown --host-costs --graph-ab
 grep -h '"kernels_us"' "$LOG/bench_newall.log" | head -1 | cut -c1-2500
-grep -h '"host_us"' "$LOG/bench_newall.log"
+grep -h -E '"(host_us|host_costs_us|depth_graph_ab)"' "$LOG/bench_newall.log"
 echo "[ab] timeline new: $(PYTHONPATH=$new_path python3 benchmarks/profile_rasterizer_step.py --timeline \
   > "$LOG/timeline_new.txt" 2>&1; grep '^{' "$LOG/timeline_new.txt")"
 # GPU_AB_TRAIN_BASE: an older full tree; then the training benchmark of this tree and of that one
 # (its Python code with the base rasterizer build and this tree's other packages)
-if [ -n "${GPU_AB_TRAIN_BASE:-}" ] && [ -d "$GPU_AB_TRAIN_BASE" ]; then
-  train=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
-         --densify_until 5000 --opacity_reset 10000 --evaluate)
+# (GPU_AB_TRAIN_NEW=1: this tree's training benchmark alone)
+train=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
+       --densify_until 5000 --opacity_reset 10000 --evaluate)
+if [ -n "${GPU_AB_TRAIN_BASE:-}" ] || [ "${GPU_AB_TRAIN_NEW:-0}" = 1 ]; then
   PYTHONPATH=$new_path python3 benchmarks/bench_training.py "${train[@]}" > "$LOG/train_new.log" 2>&1
   echo "[ab] training, this tree:"; grep -E "^\[bench\]" "$LOG/train_new.log"
+fi
+if [ -n "${GPU_AB_TRAIN_BASE:-}" ] && [ -d "$GPU_AB_TRAIN_BASE" ]; then
   train_base=$(cd "$GPU_AB_TRAIN_BASE" && pwd)
   (cd "$train_base" && PYTHONPATH=${base_build:+$base_build:}$train_base:$new_path \
      python3 benchmarks/bench_training.py "${train[@]}" > "$LOG/train_base.log" 2>&1)
   echo "[ab] training, base tree:"; grep -E "^\[bench\]" "$LOG/train_base.log"
+fi
+# GPU_AB_RENDER=1: the viewer engine's render benchmark (100k splats)
+if [ "${GPU_AB_RENDER:-0}" = 1 ]; then
+  PYTHONPATH=$new_path python3 benchmarks/bench_render.py --iterations 3000 --timesteps 10 --frames 300 \
+    --splats 100000 > "$LOG/bench_render.log" 2>&1
+  echo "[ab] render:"; grep "^\[bench\]" "$LOG/bench_render.log"
 fi
 tar czf "$LOG/../ab_logs.tgz" -C "$LOG" . 2>/dev/null && echo "[ab] logs in ab_logs.tgz"
 echo "[ab] done after $(( $(date +%s) - t_start )) s"

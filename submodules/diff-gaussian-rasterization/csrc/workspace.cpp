@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <string>
 
 #include "carver.h"
 
@@ -17,13 +16,11 @@ namespace {
 constexpr size_t kMaxGraphs = 4;       // splat counts with a captured graph, per workspace
 constexpr size_t kMaxWorkspaces = 8;   // per thread; the least recently made one goes first
 
-// Experiment knob: GSR_DEPTH_GRAPH=0 keeps the plain launches (for A/B timing of the replay).
+// Experiment knob, read at every call so that one process can interleave both (benchmarks'
+// --graph-ab): GSR_DEPTH_GRAPH=0 keeps the plain launches.
 bool graphs_enabled() {
-    static const bool enabled = [] {
-        const char* v = std::getenv("GSR_DEPTH_GRAPH");
-        return v == nullptr || std::string(v) != "0";
-    }();
-    return enabled;
+    const char* v = std::getenv("GSR_DEPTH_GRAPH");
+    return v == nullptr || v[0] != '0';
 }
 
 void check_cuda(cudaError_t err, const char* what) {

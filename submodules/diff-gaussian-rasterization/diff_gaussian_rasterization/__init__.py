@@ -93,8 +93,8 @@ def resolve_backend(settings: GaussianRasterizationSettings, means3D: Tensor) ->
     ``RuntimeError`` if impossible). ``auto``: CUDA tensors use the CUDA extension, float32 CPU
     tensors the C++ CPU extension, anything else (float64 checks, nothing built) the reference."""
     backend = getattr(settings, "backend", "auto") or "auto"
-    if backend == "auto" and means3D.is_cuda and cuda_available():
-        return "cuda"
+    if (backend == "auto" or backend == "cuda") and means3D.is_cuda and cuda_available():
+        return "cuda"  # the common case first
     if backend not in BACKENDS:
         raise ValueError(f"raster_settings.backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "reference":
