@@ -321,6 +321,17 @@ def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
             if i >= 20:
                 times[mode][0].append(e0.elapsed_time(e1))
                 times[mode][1].append(e1.elapsed_time(e2))
+        frames = {"graph": 0.0, "plain": 0.0}  # no-grad renders, blocks of 50 alternating
+        with torch.no_grad():
+            for block in range(8):
+                mode = "graph" if block % 2 else "plain"
+                os.environ["GSR_DEPTH_GRAPH"] = "1" if mode == "graph" else "0"
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for i in range(50):
+                    step(cams[i % 16])
+                torch.cuda.synchronize()
+                frames[mode] += time.perf_counter() - t0
     finally:
         if previous is None:
             os.environ.pop("GSR_DEPTH_GRAPH", None)
@@ -331,7 +342,8 @@ def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
         fw.sort()
         bw.sort()
         out[mode] = {"fwd_ms_median": round(fw[len(fw) // 2], 4), "bwd_ms_median": round(bw[len(bw) // 2], 4),
-                     "fwd_ms_p25": round(fw[len(fw) // 4], 4), "fwd_ms_p75": round(fw[3 * len(fw) // 4], 4)}
+                     "fwd_ms_p25": round(fw[len(fw) // 4], 4), "fwd_ms_p75": round(fw[3 * len(fw) // 4], 4),
+                     "fps_nograd": round(200 / frames[mode], 1)}
     return out
 
 

@@ -53,6 +53,17 @@ for r in $(seq 1 "$rounds"); do
     (export "${v#*:}"; bench "${v%%:*}$r" "$new_path" --backend cuda)
   done
 done
+# GPU_AB_WORKLOAD: a copy of the shared standard workload script (shared/bench/rasterizer_workload.py),
+# run GPU_AB_ROUNDS times per build, alternating, in fresh processes
+if [ -n "${GPU_AB_WORKLOAD:-}" ] && [ -f "$GPU_AB_WORKLOAD" ]; then
+  for r in $(seq 1 "$rounds"); do
+    for b in base new; do
+      [ "$b" = base ] && { [ -n "$base_build" ] || continue; path=$base_path; } || path=$new_path
+      PYTHONPATH=$path python3 "$GPU_AB_WORKLOAD" diff_gaussian_rasterization > "$LOG/workload_$b$r.log" 2>&1
+      echo "[ab] workload $b$r: $(grep -o '"fwd_ms_median[^}]*render_fps_nograd": [0-9.]*' "$LOG/workload_$b$r.log")"
+    done
+  done
+fi
 bench newall "$new_path" --backend both --profile --cpu-breakdown --host-costs --graph-ab
 grep -h '"kernels_us"' "$LOG/bench_newall.log" | head -1 | cut -c1-2500
 grep -h -E '"(host_us|host_costs_us|depth_graph_ab)"' "$LOG/bench_newall.log"
