@@ -118,6 +118,8 @@ gsr::SplatInputs make_inputs(const c10::Device& dev, const Tensor& means3D, cons
 // transmittance, last contributor.
 struct ImageLayout {
     unsigned long long* total;
+    unsigned long long* pairs_acc;  // the preprocess's block counters, used when the call has no
+    unsigned int* blocks_done;      // workspace (stream capture); zeroed with total and ranges
     int64_t* ranges;
     float* final_T;
     int32_t* n_contrib;
@@ -146,6 +148,8 @@ StateLayout carve_state(void* base, int64_t n, int64_t num_tiles, int64_t pixels
     l.st.conic_opacity = c.take<float4>(n);
     l.st.rgb = c.take<float>(3 * n);
     l.im.total = c.take<unsigned long long>(1);
+    l.im.pairs_acc = c.take<unsigned long long>(1);
+    l.im.blocks_done = c.take<unsigned int>(1);
     l.im.ranges = c.take<int64_t>(2 * num_tiles);
     l.im.zeroed_bytes = reinterpret_cast<char*>(l.im.ranges + 2 * num_tiles) - reinterpret_cast<char*>(l.im.total);
     l.im.final_T = c.take<float>(pixels);
@@ -164,6 +168,10 @@ StateLayout carve_state(void* base, int64_t n, int64_t num_tiles, int64_t pixels
         l.scan_tmp = c.take<char>((int64_t)scan_bytes);
     }
     l.ord.total = l.im.total;
+    l.ord.pairs_acc = l.im.pairs_acc;
+    l.ord.blocks_done = l.im.blocks_done;
+    l.ord.ranges = l.im.ranges;
+    l.ord.num_ranges = (int)(2 * num_tiles);
     bytes = c.size();
     return l;
 }
@@ -249,7 +257,7 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     const int64_t n = in.n;
     const auto& fopt = means3D.options();
     const int64_t num_tiles = (int64_t)cam.tiles_x * cam.tiles_y;
-    TORCH_CHECK(num_tiles < (int64_t)UINT32_MAX, "diff_gaussian_rasterization: image too large");
+    TORCH_CHECK(2 * num_tiles < (int64_t)INT32_MAX, "diff_gaussian_rasterization: image too large");
 
     // The depth order lives in the stream's workspace (its sort and scan replayed as a graph),
     // except while the stream is being captured: a caller's graph must own every buffer it uses.
@@ -266,13 +274,15 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
     const ImageLayout& im = g.im;
     Tensor radii = torch::empty({n}, fopt.dtype(torch::kInt32));
     g.st.radii = radii.data_ptr<int>();
-    if (ws != nullptr) {
+    if (ws != nullptr) {  // the workspace's block counters reset themselves: no memset before the preprocess
         ws->prepare((int)n, &g.st.tiles_touched, &g.ord);
         g.ord.total = im.total;
+        g.ord.ranges = im.ranges;
+        g.ord.num_ranges = (int)(2 * num_tiles);
+    } else {
+        TORCH_CHECK(cudaMemsetAsync(im.total, 0, im.zeroed_bytes, stream) == cudaSuccess,
+                    "diff_gaussian_rasterization: cudaMemsetAsync failed");
     }
-
-    TORCH_CHECK(cudaMemsetAsync(im.total, 0, im.zeroed_bytes, stream) == cudaSuccess,
-                "diff_gaussian_rasterization: cudaMemsetAsync failed");
     gsr::launch_preprocess(cam, in, g.st, g.ord, stream);
     check_launch(debug, "preprocess");
     if (present(pair_count))

@@ -110,10 +110,13 @@ __device__ __forceinline__ int64_t preprocess_splat(Camera& cam, const SplatInpu
     return touched;
 }
 
-// One thread per splat; each block adds its splats' tile counts to ord.total (one atomic).
+// One thread per splat; each block adds its splats' tile counts to ord.pairs_acc (one atomic), and
+// the last block to finish moves the sum to ord.total and resets the counters. The threads also
+// zero the tile ranges (grid-stride), which only the tile-range pass after the sort fills in.
 __global__ void __launch_bounds__(256) preprocess_kernel(Camera cam, SplatInputs in, SplatState st, DepthOrder ord) {
     __shared__ unsigned long long s_warp[8];
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int r = i; r < ord.num_ranges; r += gridDim.x * blockDim.x) ord.ranges[r] = 0;
     unsigned long long touched = 0;
     if (i < in.n) {
         load_intrinsics(cam);
@@ -129,7 +132,12 @@ __global__ void __launch_bounds__(256) preprocess_kernel(Camera cam, SplatInputs
     if (threadIdx.x == 0) {
         unsigned long long sum = 0;
         for (int w = 0; w < (int)(blockDim.x >> 5); ++w) sum += s_warp[w];
-        if (sum) atomicAdd(ord.total, sum);
+        if (sum) atomicAdd(ord.pairs_acc, sum);
+        __threadfence();  // the sum is visible before this block counts as done
+        if (atomicAdd(ord.blocks_done, 1u) == gridDim.x - 1) {
+            *ord.total = atomicExch(ord.pairs_acc, 0ull);
+            *ord.blocks_done = 0u;
+        }
     }
 }
 

@@ -40,10 +40,17 @@ struct DepthOrder {
     int32_t* order;               // (N,) splat indices, front to back (ties: by index)
     int64_t* offsets;             // (N,) inclusive prefix sum of tiles_touched[order[j]]
     uint64_t* tile_mask;          // (N,) tiles hit, for tile rectangles of at most kMaskTiles tiles
-    unsigned long long* total;    // number of (tile, splat) pairs; zeroed before the preprocess
+    unsigned long long* total;    // out: number of (tile, splat) pairs (written by the preprocess)
+    // Counters of the preprocess's blocks: zero before it starts, and zero again after it (its last
+    // block reads them and resets them), so a persistent pair needs no memset per call.
+    unsigned long long* pairs_acc;
+    unsigned int* blocks_done;
+    int64_t* ranges;              // (2 * num_tiles) tile ranges, zeroed by the preprocess
+    int num_ranges;               // 2 * num_tiles
 };
 
-// Preprocess: fills `st`, the depth keys and indices of `ord`, and adds the pair count to ord.total.
+// Preprocess: fills `st`, the depth keys and indices of `ord`, writes the pair count to ord.total
+// and zeroes ord.ranges.
 void launch_preprocess(const Camera& cam, const SplatInputs& in, const SplatState& st, const DepthOrder& ord,
                        cudaStream_t s);
 size_t depth_sort_temp_bytes(int n);

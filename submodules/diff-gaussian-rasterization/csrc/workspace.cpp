@@ -15,6 +15,7 @@ namespace {
 
 constexpr size_t kMaxGraphs = 4;       // splat counts with a captured graph, per workspace
 constexpr size_t kMaxWorkspaces = 8;   // per thread; the least recently made one goes first
+constexpr size_t kCounterBytes = 512;  // the two block counters at the start of a layout (256-aligned)
 
 // Experiment knob, read at every call so that one process can interleave both (benchmarks'
 // --graph-ab): GSR_DEPTH_GRAPH=0 keeps the plain launches.
@@ -52,6 +53,10 @@ DepthWorkspace::~DepthWorkspace() {
 DepthWorkspace::Layout DepthWorkspace::layout(int n, void* base, size_t* bytes) const {
     Carver c(base);
     Layout l;
+    // the block counters first: their place does not depend on n, so they keep their (zero)
+    // values when n changes within the buffer
+    l.ord.pairs_acc = c.take<unsigned long long>(1);
+    l.ord.blocks_done = c.take<unsigned int>(1);
     l.tiles_touched = c.take<int64_t>(n);
     l.ord.keys = c.take<uint32_t>(n);
     l.ord.keys_sorted = c.take<uint32_t>(n);
@@ -59,7 +64,9 @@ DepthWorkspace::Layout DepthWorkspace::layout(int n, void* base, size_t* bytes) 
     l.ord.order = c.take<int32_t>(n);
     l.ord.offsets = c.take<int64_t>(n);
     l.ord.tile_mask = c.take<uint64_t>(n);
-    l.ord.total = nullptr;
+    l.ord.total = nullptr;  // the caller's: total and ranges live in the call's state
+    l.ord.ranges = nullptr;
+    l.ord.num_ranges = 0;
     l.sort_bytes = depth_sort_temp_bytes(n);
     l.sort_tmp = c.take<char>((int64_t)l.sort_bytes);
     l.scan_bytes = scan_temp_bytes(n);
@@ -81,6 +88,11 @@ void DepthWorkspace::prepare(int n, int64_t** tiles_touched, DepthOrder* ord) {
         if (need > bytes_) {  // grow with headroom; graphs hold the old addresses
             const size_t grown = std::max(need, bytes_ + bytes_ / 4);
             void* fresh = c10::cuda::CUDACachingAllocator::raw_alloc_with_stream(grown, stream_);
+            const cudaError_t err = cudaMemsetAsync(fresh, 0, kCounterBytes, stream_);  // block counters
+            if (err != cudaSuccess) {
+                c10::cuda::CUDACachingAllocator::raw_delete(fresh);
+                check_cuda(err, "zeroing the depth workspace's counters");
+            }
             drop_graphs();
             if (buffer_ != nullptr) c10::cuda::CUDACachingAllocator::raw_delete(buffer_);
             buffer_ = fresh;
