@@ -2,7 +2,7 @@
 
     python render.py -m MODEL [--iteration N] [--skip_train] [--skip_val] [--skip_test]
                      [--select_camera_id ID] [-t TARGET] [--render_mesh] [--quiet]
-                     [--no_video] [--num_writers K]   (+ model / pipeline flags, from cfg_args)
+                     [--no_video] [--num_writers K] [--pose_chunk T]   (+ model / pipeline flags, from cfg_args)
 
 Output, per split (``train``, ``val``, ``test``; with ``-t TARGET`` one set named after the target
 folder; ``_<ID>`` appended with ``--select_camera_id``)::
@@ -14,7 +14,8 @@ folder; ``_<ID>`` appended with ``--select_camera_id``)::
                                                  render when there is none)
     MODEL/<set>/ours_<N>/renders.mp4, gt.mp4, renders_mesh.mp4   25 fps, H.264, yuv420p
 
-Rendering never waits for the disk: each view's images are converted to uint8 on the device,
+A mesh-bound avatar's FLAME frames are posed ``--pose_chunk`` timesteps at a time in one batched
+pass (scene.pose_batches), not one timestep per view. Rendering never waits for the disk: each view's images are converted to uint8 on the device,
 copied to (pinned) host memory in one non-blocking copy, and handed to a pool of PNG writer
 threads and to one encoder thread per video, all through bounded queues (memory stays flat).
 """
@@ -34,6 +35,7 @@ from typing import Any, List, Optional, Sequence
 import torch
 
 from arguments import ModelParams, PipelineParams, get_combined_args
+from scene.pose_batches import SequencePoser
 from utils.async_writer import AsyncImageWriter
 from utils.video_utils import DEFAULT_FPS, VideoError, VideoWriter
 
@@ -138,6 +140,7 @@ class RenderOptions:
     num_writers: int = 4
     quiet: bool = False
     fps: float = DEFAULT_FPS
+    pose_chunk: int = 64  # timesteps posed per batched FLAME pass
 
 
 @dataclass
@@ -227,20 +230,20 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
         _clear_frames(iter_path / s)
         (iter_path / f"{s}.mp4").unlink(missing_ok=True)
         (iter_path / s).mkdir(parents=True, exist_ok=True)
-    bound = getattr(gaussians, "binding", None) is not None and hasattr(gaussians, "select_mesh_by_timestep")
+    bound = getattr(gaussians, "binding", None) is not None and hasattr(gaussians, "pose_timesteps")
+    # the views' FLAME frames are posed in batches of opts.pose_chunk timesteps (one FLAME pass each)
+    poser = SequencePoser(gaussians, [v.timestep for v in views], chunk=opts.pose_chunk) if bound else None
 
     videos = {s: VideoThread(iter_path / f"{s}.mp4", fps=opts.fps) for s in streams} if opts.write_video else {}
     ok = False
-    posed_at = None
     clock = _RenderClock(background.device)
     t_start = time.perf_counter()
     try:
         with AsyncImageWriter(num_workers=opts.num_writers, max_pending=4 * opts.num_writers) as writer:
             for idx, view in enumerate(tqdm(views, desc=f"Rendering {name}", disable=opts.quiet)):
                 clock.start()
-                if bound and view.timestep is not None and view.timestep != posed_at:
-                    gaussians.select_mesh_by_timestep(view.timestep)  # views of one frame share it
-                    posed_at = view.timestep
+                if poser is not None:
+                    poser.select(idx)
                 rendering = render(view, gaussians, pipeline, background)["render"]
                 clock.stop()
                 gt = view.image_uint8[:3] if has_gt else None
@@ -344,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_video", action="store_true", help="do not write the mp4 files")
     parser.add_argument("--num_writers", type=int, default=min(8, os.cpu_count() or 1),
                         help="PNG writer threads")
+    parser.add_argument("--pose_chunk", type=int, default=RenderOptions.pose_chunk,
+                        help="timesteps of a mesh-bound avatar posed together in one batched FLAME pass "
+                             "(about 1 MB of device memory each)")
     return parser
 
 
@@ -362,6 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.num_writers < 1:
         parser.error("--num_writers must be >= 1")
+    if args.pose_chunk < 1:
+        parser.error("--pose_chunk must be >= 1")
     try:
         dataset = ModelParams.extract(args)
         pipeline = PipelineParams.extract(args)
@@ -374,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.quiet:
         print(f"Rendering {dataset.model_path}")
     opts = RenderOptions(render_mesh=args.render_mesh, write_video=not args.no_video,
-                         num_writers=args.num_writers, quiet=args.quiet)
+                         num_writers=args.num_writers, quiet=args.quiet, pose_chunk=args.pose_chunk)
     try:
         render_sets(dataset, args.iteration, pipeline, args.skip_train, args.skip_val, args.skip_test, opts)
     except (FileNotFoundError, ValueError, VideoError, OSError) as exc:

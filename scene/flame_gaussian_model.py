@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from scene.gaussian_model import GaussianModel
+from scene.pose_batches import PosedFrames
 from utils.general_utils import inverse_sigmoid, quat_multiply, quat_table, rotmat_to_quat
 from utils.sh_utils import RGB2SH
 from utils.system_utils import atomic_write
@@ -51,11 +52,11 @@ def compute_face_orientation(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-triangle frames of SPEC 5.
 
-    ``verts`` (V,3), ``faces`` (F,3) long -> ``center`` (F,3), ``R`` (F,3,3) with columns
-    a0, a1, a2, ``k`` (F,1).
+    ``verts`` (..., V,3), ``faces`` (F,3) long -> ``center`` (..., F,3), ``R`` (..., F,3,3) with
+    columns a0, a1, a2, ``k`` (..., F,1).
     """
-    tri = verts[faces]  # (F,3,3)
-    v0, v1, v2 = tri[:, 0], tri[:, 1], tri[:, 2]
+    tri = verts[..., faces, :]  # (..., F,3,3)
+    v0, v1, v2 = tri[..., 0, :], tri[..., 1, :], tri[..., 2, :]
     e1 = v1 - v0
     e2 = v2 - v0
     a0 = F.normalize(e1, dim=-1)
@@ -63,7 +64,7 @@ def compute_face_orientation(
     a2 = -F.normalize(torch.linalg.cross(a1, a0, dim=-1), dim=-1)
     R = torch.stack([a0, a1, a2], dim=-1)
     k = (e1.norm(dim=-1, keepdim=True) + (a2 * e2).sum(-1, keepdim=True).abs()) / 2
-    center = tri.mean(dim=1)
+    center = tri.mean(dim=-2)
     return center, R, k
 
 
@@ -443,6 +444,39 @@ class FlameGaussianModel(GaussianModel):
             return
         verts, verts_cano, center, R, quat, k = self._pose_frames(*args)
         self._set_frames(verts, verts_cano, center, R, quat, k)
+
+    def pose_timesteps(self, timesteps: Sequence[int]) -> PosedFrames:
+        """Pose FLAME for several timesteps (fine-tuned parameters) in one batched pass without
+        autograd and return their meshes and per-face frames; :meth:`use_posed` makes one of them
+        current. Rendering a sequence this way (``scene.pose_batches.SequencePoser``) costs one
+        FLAME pass per batch instead of one per timestep. The values equal
+        :meth:`select_mesh_by_timestep`'s up to float32 rounding (batched matrix products)."""
+        if self.flame_param is None:
+            raise RuntimeError("pose_timesteps: no FLAME parameters (call load_meshes or load_ply)")
+        ts = tuple(int(t) for t in timesteps)
+        if not ts:
+            raise ValueError("pose_timesteps: no timesteps given")
+        for t in ts:
+            if not 0 <= t < self.num_timesteps:
+                raise IndexError(f"timestep {t} out of range: the avatar has {self.num_timesteps} timesteps")
+        idx = torch.tensor(ts, dtype=torch.long, device=self.device)
+        fp = self.flame_param
+        with torch.no_grad():
+            verts, verts_cano = self.flame_model(
+                fp["shape"][None], fp["expr"][idx], fp["rotation"][idx], fp["neck_pose"][idx], fp["jaw_pose"][idx],
+                fp["eyes_pose"][idx], fp["translation"][idx], static_offset=fp["static_offset"],
+                dynamic_offset=fp["dynamic_offset"][idx])
+            center, R, k = compute_face_orientation(verts, self.faces)
+            quat = rotmat_to_quat(R, self._quat_table)
+        return PosedFrames(ts, verts, verts_cano, center, R, quat, k)
+
+    def use_posed(self, frames: PosedFrames, timestep: int) -> None:
+        """Make ``timestep``'s frame of ``frames`` (from :meth:`pose_timesteps`) the current pose,
+        as :meth:`select_mesh_by_timestep` would (views into ``frames``, no kernels)."""
+        i = frames.position(timestep)
+        self.timestep = int(timestep)
+        self._set_frames(frames.verts[i:i + 1], frames.verts_cano[i:i + 1], frames.center[i], frames.R[i],
+                         frames.quat[i], frames.k[i])
 
     def select_mesh_by_index(self, t_index: torch.Tensor) -> None:
         """Pose FLAME for the frame in ``t_index`` ((1,) long tensor on the model's device) with

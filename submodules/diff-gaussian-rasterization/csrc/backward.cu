@@ -44,10 +44,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 __global__ void __launch_bounds__(kBlock) render_backward_kernel(
-    Camera cam, const int64_t* __restrict__ ranges, const int32_t* __restrict__ point_list,
-    const float2* __restrict__ xy, const float4* __restrict__ conic_opacity, const float* __restrict__ rgb,
-    const float* __restrict__ final_T, const int32_t* __restrict__ n_contrib, const float* __restrict__ dL_dpix,
-    float4* __restrict__ accum) {
+    Camera cam, const int32_t* __restrict__ tile_order, const int64_t* __restrict__ ranges,
+    const int32_t* __restrict__ point_list, const float2* __restrict__ xy, const float4* __restrict__ conic_opacity,
+    const float* __restrict__ rgb, const float* __restrict__ final_T, const int32_t* __restrict__ n_contrib,
+    const float* __restrict__ dL_dpix, float4* __restrict__ accum) {
     __shared__ int s_id[kBlock];
     __shared__ float2 s_xy[kBlock];
     __shared__ float4 s_co[kBlock];
@@ -58,10 +58,11 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
     const int tid = threadIdx.y * kTile + threadIdx.x;
     const int lane = tid & 31;
     const uint32_t warp_bit = 1u << (tid >> 5);
-    const int px = blockIdx.x * kTile + threadIdx.x;
-    const int py = blockIdx.y * kTile + threadIdx.y;
+    const int tile = tile_order != nullptr ? tile_order[blockIdx.x] : (int)blockIdx.x;
+    const int tile_y0 = (tile / cam.tiles_x) * kTile;
+    const int px = (tile % cam.tiles_x) * kTile + threadIdx.x;
+    const int py = tile_y0 + threadIdx.y;
     const bool inside = px < cam.width && py < cam.height;
-    const int tile = blockIdx.y * cam.tiles_x + blockIdx.x;
     const int64_t start = ranges[2 * tile];
     const int64_t hw = (int64_t)cam.width * cam.height;
     const int64_t pix = (int64_t)py * cam.width + px;
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
             s_id[tid] = id;
             s_xy[tid] = m;
             s_co[tid] = co;
-            s_mask[tid] = warp_row_mask(m, co, blockIdx.y * kTile);
+            s_mask[tid] = warp_row_mask(m, co, tile_y0);
             s_rgb[0][tid] = rgb[3 * id];
             s_rgb[1][tid] = rgb[3 * id + 1];
             s_rgb[2][tid] = rgb[3 * id + 2];
@@ -172,12 +173,12 @@ __global__ void __launch_bounds__(kBlock) render_backward_kernel(
     }
 }
 
-void launch_render_backward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
-                            const SplatState& st, const float* final_T, const int32_t* n_contrib,
-                            const float* dL_dpixels, float4* accum, cudaStream_t s) {
-    const dim3 grid(cam.tiles_x, cam.tiles_y), block(kTile, kTile);
-    render_backward_kernel<<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity, st.rgb,
-                                                   final_T, n_contrib, dL_dpixels, accum);
+void launch_render_backward(const Camera& cam, const int32_t* tile_order, const int64_t* ranges,
+                            const int32_t* point_list, const SplatState& st, const float* final_T,
+                            const int32_t* n_contrib, const float* dL_dpixels, float4* accum, cudaStream_t s) {
+    const dim3 grid(cam.tiles_x * cam.tiles_y), block(kTile, kTile);
+    render_backward_kernel<<<grid, block, 0, s>>>(cam, tile_order, ranges, point_list, st.xy, st.conic_opacity,
+                                                   st.rgb, final_T, n_contrib, dL_dpixels, accum);
 }
 
 // Gradient of the SH basis functions w.r.t. the (unit) direction, weighted: returns sum_k w[k] grad b_k.

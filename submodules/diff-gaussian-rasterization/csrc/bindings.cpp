@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -27,6 +28,14 @@ void check_launch(bool debug, const char* what) {
 }
 
 bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+// Experiment knob, read at every forward call (the backward pass follows its forward's choice):
+// GSR_TILE_ORDER=0 launches the blending passes' tile blocks in raster order instead of by
+// decreasing list length (see launch_tile_order).
+bool tile_order_enabled() {
+    const char* v = std::getenv("GSR_TILE_ORDER");
+    return v == nullptr || v[0] != '0';
+}
 
 void check_tensor(const Tensor& t, const char* name, int64_t n, int64_t cols, const c10::Device& dev) {
     TORCH_CHECK(t.is_cuda(), "diff_gaussian_rasterization: ", name, " must be a CUDA tensor");
@@ -115,7 +124,7 @@ gsr::SplatInputs make_inputs(const c10::Device& dev, const Tensor& means3D, cons
 }
 
 // Image part of the per-call state: pair count and tile ranges (zeroed together), final
-// transmittance, last contributor.
+// transmittance, last contributor, launch order of the tiles.
 struct ImageLayout {
     unsigned long long* total;
     unsigned long long* pairs_acc;  // the preprocess's block counters, used when the call has no
@@ -123,6 +132,7 @@ struct ImageLayout {
     int64_t* ranges;
     float* final_T;
     int32_t* n_contrib;
+    int32_t* tile_order;
     size_t zeroed_bytes;  // from `total` to the end of `ranges`
 };
 
@@ -154,6 +164,7 @@ StateLayout carve_state(void* base, int64_t n, int64_t num_tiles, int64_t pixels
     l.im.zeroed_bytes = reinterpret_cast<char*>(l.im.ranges + 2 * num_tiles) - reinterpret_cast<char*>(l.im.total);
     l.im.final_T = c.take<float>(pixels);
     l.im.n_contrib = c.take<int32_t>(pixels);
+    l.im.tile_order = c.take<int32_t>(num_tiles);
     if (with_order) {
         l.st.tiles_touched = c.take<int64_t>(n);
         l.ord.keys = c.take<uint32_t>(n);
@@ -240,7 +251,7 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
                                       const Tensor& projmatrix, double tanfovx, double tanfovy, int64_t H, int64_t W,
                                       const Tensor& sh, int64_t degree, const Tensor& campos, bool debug, double cx,
                                       double cy, const Tensor& intrinsics, int64_t pair_capacity,
-                                      const Tensor& pair_count) {
+                                      const Tensor& pair_count, bool tile_order) {
     TORCH_CHECK(means3D.dim() == 2 && means3D.size(1) == 3, "diff_gaussian_rasterization: means3D must be (N, 3)");
     TORCH_CHECK(pair_capacity >= 0, "diff_gaussian_rasterization: pair_capacity must be >= 0, got ", pair_capacity);
     if (present(pair_count))
@@ -339,8 +350,12 @@ std::vector<Tensor> rasterize_forward(const Tensor& bg, const Tensor& means3D, c
                                 stream);
         }
     }
-    gsr::launch_render_forward(cam, im.ranges, b.point_list, g.st, color.data_ptr<float>(), im.final_T,
-                               im.n_contrib, stream);
+    if (tile_order) {
+        gsr::launch_tile_order((int)num_tiles, im.ranges, im.tile_order, stream);
+        check_launch(debug, "tile order");
+    }
+    gsr::launch_render_forward(cam, tile_order ? im.tile_order : nullptr, im.ranges, b.point_list, g.st,
+                               color.data_ptr<float>(), im.final_T, im.n_contrib, stream);
     check_launch(debug, "render");
     return {color, radii, state, bins};
 }
@@ -354,7 +369,7 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
                                        double tanfovy, const Tensor& dL_dout, const Tensor& sh, int64_t degree,
                                        const Tensor& campos, const Tensor& state, const Tensor& bins,
                                        bool debug, double cx, double cy,
-                                       const Tensor& intrinsics) {
+                                       const Tensor& intrinsics, bool tile_order) {
     const c10::cuda::CUDAGuard guard(means3D.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     int64_t sh_coeffs = 0;
@@ -380,7 +395,8 @@ std::vector<Tensor> rasterize_backward(const Tensor& bg, const Tensor& means3D, 
     if (n > 0) {
         TORCH_CHECK(cudaMemsetAsync(accum.data_ptr<float>(), 0, sizeof(float) * 12 * n, stream) == cudaSuccess,
                     "diff_gaussian_rasterization: cudaMemsetAsync failed");
-        gsr::launch_render_backward(cam, im.ranges, point_list, g.st, im.final_T, im.n_contrib, grad.data_ptr<float>(),
+        gsr::launch_render_backward(cam, tile_order ? im.tile_order : nullptr, im.ranges, point_list, g.st, im.final_T,
+                                    im.n_contrib, grad.data_ptr<float>(),
                                     reinterpret_cast<float4*>(accum.data_ptr<float>()), stream);
         check_launch(debug, "render backward");
     }
@@ -454,9 +470,10 @@ public:
         const Tensor shs = as_f32(sh, dev);
         const Tensor bg32 = as_f32(bg, dev), view32 = as_f32(view, dev);
         const Tensor proj32 = as_f32(proj, dev), campos32 = as_f32(campos, dev);
+        const bool tile_order = tile_order_enabled();
         auto out = rasterize_forward(bg32, m3, col, op, sc, rot, scale_modifier, cov, view32, proj32, tanfovx, tanfovy,
                                      H, W, shs, degree, campos32, debug, cx, cy, intrinsics, pair_capacity,
-                                     pair_count);
+                                     pair_count, tile_order);
         const Tensor& color = out[0];
         const Tensor& radii = out[1];
         ctx->save_for_backward({bg32, m3, radii, col, op, sc, rot, cov, view32, proj32, shs, campos32, out[2], out[3],
@@ -470,6 +487,7 @@ public:
         ctx->saved_data["debug"] = debug;
         ctx->saved_data["cx"] = cx;
         ctx->saved_data["cy"] = cy;
+        ctx->saved_data["tile_order"] = tile_order;
         // shapes the gradients take: those of the inputs as given (0 rows: absent)
         ctx->saved_data["means3D_shape"] = means3D.sizes().vec();
         ctx->saved_data["means2D_cols"] = (means2D.defined() && means2D.numel() > 0 && means2D.dim() == 2)
@@ -497,7 +515,7 @@ public:
         auto g = rasterize_backward(bg, m3, radii, col, op, sc, rot, d.at("scale_modifier").toDouble(), cov, view, proj,
                                     d.at("tanfovx").toDouble(), d.at("tanfovy").toDouble(), grad, shs,
                                     d.at("degree").toInt(), campos, state, bins, debug, d.at("cx").toDouble(),
-                                    d.at("cy").toDouble(), intrinsics);
+                                    d.at("cy").toDouble(), intrinsics, d.at("tile_order").toBool());
         // g: dmeans2D, dcolors, dopacity, dmeans3D, dcov3D, dsh, dscales, drotations
         variable_list grads(kNumInputs);
         auto shaped = [](const Tensor& t, const std::vector<int64_t>& shape) {

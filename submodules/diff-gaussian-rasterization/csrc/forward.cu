@@ -330,6 +330,72 @@ void launch_tile_ranges(int64_t count, int num_tiles, const uint32_t* keys, int6
 }
 
 // ---------------------------------------------------------------------------------------------
+// Launch order of the blending passes' tile blocks: the longest tile lists first.
+// ---------------------------------------------------------------------------------------------
+// A blending pass runs one block per tile, and the blocks start in launch order. In raster order a
+// heavy tile that comes late starts after the multiprocessors have filled up with lighter ones and
+// then runs nearly alone at the end of the pass. Listing the tiles by decreasing list length
+// (longest-processing-time-first) starts every heavy tile in the first round, one or two per
+// multiprocessor, and fills the gaps with the light ones. The lengths are bucketed on a log scale
+// with four buckets per octave, which schedules as well as an exact sort; the order inside a
+// bucket is whatever the shared-memory atomics give. It changes no pixel and no gradient sum's
+// terms: every tile is still blended by one block, the same way, whichever block runs it.
+constexpr int kOrderBuckets = 128;
+constexpr int kOrderThreads = 1024;
+
+// 0 for an empty list, else 1 + 4 floor(log2 len) + the next two bits of len (monotone in len).
+__device__ __forceinline__ int length_bucket(int64_t len) {
+    if (len <= 0) return 0;
+    const unsigned long long v = (unsigned long long)len;
+    const int e = 63 - __clzll((long long)v);
+    const int frac = e >= 2 ? (int)((v >> (e - 2)) & 3ull) : (int)((v << (2 - e)) & 3ull);
+    return min(kOrderBuckets - 1, 1 + 4 * e + frac);
+}
+
+__global__ void __launch_bounds__(kOrderThreads) tile_order_kernel(int num_tiles, const int64_t* __restrict__ ranges,
+                                                                  int32_t* __restrict__ order) {
+    __shared__ int s_count[kOrderBuckets];
+    __shared__ int s_next[kOrderBuckets];
+    for (int b = threadIdx.x; b < kOrderBuckets; b += blockDim.x) s_count[b] = 0;
+    __syncthreads();
+    for (int t = threadIdx.x; t < num_tiles; t += blockDim.x)
+        atomicAdd(&s_count[length_bucket(ranges[2 * t + 1] - ranges[2 * t])], 1);
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        // first slot of each bucket, buckets in decreasing order: lane L owns buckets 127 - 4L .. 124 - 4L
+        constexpr int kPerLane = kOrderBuckets / 32;
+        const int lane = threadIdx.x;
+        int counts[kPerLane];
+        int sum = 0;
+#pragma unroll
+        for (int k = 0; k < kPerLane; ++k) {
+            counts[k] = s_count[kOrderBuckets - 1 - kPerLane * lane - k];
+            sum += counts[k];
+        }
+        int incl = sum;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int up = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += up;
+        }
+        int first = incl - sum;
+#pragma unroll
+        for (int k = 0; k < kPerLane; ++k) {
+            s_next[kOrderBuckets - 1 - kPerLane * lane - k] = first;
+            first += counts[k];
+        }
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < num_tiles; t += blockDim.x)
+        order[atomicAdd(&s_next[length_bucket(ranges[2 * t + 1] - ranges[2 * t])], 1)] = t;
+}
+
+void launch_tile_order(int num_tiles, const int64_t* ranges, int32_t* order, cudaStream_t s) {
+    if (num_tiles <= 0) return;
+    tile_order_kernel<<<1, kOrderThreads, 0, s>>>(num_tiles, ranges, order);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Blending: one block per tile, one thread per pixel, splats staged in shared memory by 256.
 // ---------------------------------------------------------------------------------------------
 // Splats whose alphas a warp computes side by side (instruction-level parallelism for the serial
@@ -338,9 +404,10 @@ constexpr int kBlendWidth = 4;
 
 template <int kWidth>
 __global__ void __launch_bounds__(kBlock) render_forward_kernel(
-    Camera cam, const int64_t* __restrict__ ranges, const int32_t* __restrict__ point_list,
-    const float2* __restrict__ xy, const float4* __restrict__ conic_opacity, const float* __restrict__ rgb,
-    float* __restrict__ out_color, float* __restrict__ final_T, int32_t* __restrict__ n_contrib) {
+    Camera cam, const int32_t* __restrict__ tile_order, const int64_t* __restrict__ ranges,
+    const int32_t* __restrict__ point_list, const float2* __restrict__ xy, const float4* __restrict__ conic_opacity,
+    const float* __restrict__ rgb, float* __restrict__ out_color, float* __restrict__ final_T,
+    int32_t* __restrict__ n_contrib) {
     __shared__ float2 s_xy[kBlock];
     __shared__ float4 s_co[kBlock];
     __shared__ float s_rgb[3][kBlock];
@@ -349,10 +416,11 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
     const int tid = threadIdx.y * kTile + threadIdx.x;
     const uint32_t warp_bit = 1u << (tid >> 5);
     const int lane = tid & 31;
-    const int px = blockIdx.x * kTile + threadIdx.x;
-    const int py = blockIdx.y * kTile + threadIdx.y;
+    const int tile = tile_order != nullptr ? tile_order[blockIdx.x] : (int)blockIdx.x;
+    const int tile_y0 = (tile / cam.tiles_x) * kTile;
+    const int px = (tile % cam.tiles_x) * kTile + threadIdx.x;
+    const int py = tile_y0 + threadIdx.y;
     const bool inside = px < cam.width && py < cam.height;
-    const int tile = blockIdx.y * cam.tiles_x + blockIdx.x;
     const int64_t start = ranges[2 * tile], end = ranges[2 * tile + 1];
     const int64_t todo = end - start;
     const float fx = (float)px, fy = (float)py;
@@ -373,7 +441,7 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
             s_rgb[0][tid] = rgb[3 * id];
             s_rgb[1][tid] = rgb[3 * id + 1];
             s_rgb[2][tid] = rgb[3 * id + 2];
-            s_mask[tid] = warp_row_mask(m, co, blockIdx.y * kTile);
+            s_mask[tid] = warp_row_mask(m, co, tile_y0);
         }
         __syncthreads();
         const int cnt = (int)min((int64_t)kBlock, todo - base);
@@ -439,11 +507,13 @@ __global__ void __launch_bounds__(kBlock) render_forward_kernel(
     }
 }
 
-void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list, const SplatState& st,
-                           float* out_color, float* final_T, int32_t* n_contrib, cudaStream_t s) {
-    const dim3 grid(cam.tiles_x, cam.tiles_y), block(kTile, kTile);
-    render_forward_kernel<kBlendWidth><<<grid, block, 0, s>>>(cam, ranges, point_list, st.xy, st.conic_opacity,
-                                                              st.rgb, out_color, final_T, n_contrib);
+void launch_render_forward(const Camera& cam, const int32_t* tile_order, const int64_t* ranges,
+                           const int32_t* point_list, const SplatState& st, float* out_color, float* final_T,
+                           int32_t* n_contrib, cudaStream_t s) {
+    const dim3 grid(cam.tiles_x * cam.tiles_y), block(kTile, kTile);
+    render_forward_kernel<kBlendWidth><<<grid, block, 0, s>>>(cam, tile_order, ranges, point_list, st.xy,
+                                                              st.conic_opacity, st.rgb, out_color, final_T,
+                                                              n_contrib);
 }
 
 }  // namespace gsr

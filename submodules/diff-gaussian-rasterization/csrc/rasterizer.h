@@ -77,9 +77,12 @@ void radix_sort(void* tmp, size_t bytes, const uint32_t* keys_in, uint32_t* keys
                 int32_t* vals_out, int64_t count, int end_bit, cudaStream_t s);
 void launch_tile_ranges(int64_t count, int num_tiles, const uint16_t* keys, int64_t* ranges, cudaStream_t s);
 void launch_tile_ranges(int64_t count, int num_tiles, const uint32_t* keys, int64_t* ranges, cudaStream_t s);
-void launch_render_forward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
-                           const SplatState& st, float* out_color, float* final_T, int32_t* n_contrib,
-                           cudaStream_t s);
+// Launch order of the blending passes' tile blocks (num_tiles entries): tiles by decreasing list
+// length, read from the tile ranges. The blending launchers take it, or null for raster order.
+void launch_tile_order(int num_tiles, const int64_t* ranges, int32_t* order, cudaStream_t s);
+void launch_render_forward(const Camera& cam, const int32_t* tile_order, const int64_t* ranges,
+                           const int32_t* point_list, const SplatState& st, float* out_color, float* final_T,
+                           int32_t* n_contrib, cudaStream_t s);
 
 // Backward.
 struct SplatGrads {
@@ -94,9 +97,9 @@ struct SplatGrads {
 };
 
 // accum: (N, 3) float4 = [dmean2D.x, dmean2D.y, dopacity, -], [dconic xx, xy, yy, -], [dr, dg, db, -]
-void launch_render_backward(const Camera& cam, const int64_t* ranges, const int32_t* point_list,
-                            const SplatState& st, const float* final_T, const int32_t* n_contrib,
-                            const float* dL_dpixels, float4* accum, cudaStream_t s);
+void launch_render_backward(const Camera& cam, const int32_t* tile_order, const int64_t* ranges,
+                            const int32_t* point_list, const SplatState& st, const float* final_T,
+                            const int32_t* n_contrib, const float* dL_dpixels, float4* accum, cudaStream_t s);
 void launch_preprocess_backward(const Camera& cam, const SplatInputs& in, const int* radii,
                                 const float4* accum, const SplatGrads& g, cudaStream_t s);
 
