@@ -9,7 +9,7 @@ step graph does) and never synchronises; ``cuda_graph`` replays that forward and
 graphs (what a training iteration runs; the no-grad fps column is still the eager call).
 
 usage: python benchmarks/bench_rasterizer.py [--backend cuda|cuda_fixed|reference|both|all] [--n 100000]
-       [--width 802] [--height 550] [--profile] [--cpu-breakdown] [--host-costs] [--graph-ab]
+       [--width 802] [--height 550] [--profile] [--cpu-breakdown] [--host-costs] [--graph-ab] [--order-ab]
 Prints one JSON line per backend, then a short table.  Never asserts on time.
 """
 from __future__ import annotations
@@ -289,9 +289,13 @@ def host_costs(n: int, width: int, height: int, reps: int = 2000) -> dict:
     return out
 
 
-def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
-    """Eager forward / backward medians (ms) with the depth-order graph replay on and off
-    (GSR_DEPTH_GRAPH), interleaved step by step in one process so that host drift affects both."""
+def env_ab(var: str, n: int, width: int, height: int, steps: int = 200) -> dict:
+    """Eager forward / backward medians (ms) with the experiment knob ``var`` (read by the
+    rasterizer at every call: GSR_DEPTH_GRAPH, GSR_TILE_ORDER) set to 1 and to 0, interleaved
+    step by step in one process so that host drift affects both; then no-grad fps and the mean
+    kernel times (us per step, forward + backward) of each setting."""
+    from torch.profiler import ProfilerActivity, profile
+
     (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
 
     def step(cam):
@@ -304,12 +308,13 @@ def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
                                            rotations=rots)
         return (img - 0.5).abs().mean()
 
-    times = {"graph": ([], []), "plain": ([], [])}
-    previous = os.environ.get("GSR_DEPTH_GRAPH")
+    modes = ("on", "off")
+    times = {m: ([], []) for m in modes}
+    previous = os.environ.get(var)
     try:
         for i in range(2 * steps + 20):
-            mode = "graph" if i % 2 else "plain"
-            os.environ["GSR_DEPTH_GRAPH"] = "1" if mode == "graph" else "0"
+            mode = modes[i % 2]
+            os.environ[var] = "1" if mode == "on" else "0"
             torch.cuda.synchronize()
             e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
             e0.record()
@@ -321,29 +326,44 @@ def graph_ab(n: int, width: int, height: int, steps: int = 200) -> dict:
             if i >= 20:
                 times[mode][0].append(e0.elapsed_time(e1))
                 times[mode][1].append(e1.elapsed_time(e2))
-        frames = {"graph": 0.0, "plain": 0.0}  # no-grad renders, blocks of 50 alternating
+        frames = {m: 0.0 for m in modes}  # no-grad renders, blocks of 50 alternating
         with torch.no_grad():
             for block in range(8):
-                mode = "graph" if block % 2 else "plain"
-                os.environ["GSR_DEPTH_GRAPH"] = "1" if mode == "graph" else "0"
+                mode = modes[block % 2]
+                os.environ[var] = "1" if mode == "on" else "0"
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 for i in range(50):
                     step(cams[i % 16])
                 torch.cuda.synchronize()
                 frames[mode] += time.perf_counter() - t0
+        kernels = {}
+        reps = 32
+        for mode in modes:
+            os.environ[var] = "1" if mode == "on" else "0"
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for i in range(reps):
+                    step(cams[i % 16]).backward()
+                torch.cuda.synchronize()
+            k = {}
+            for evt in prof.key_averages():
+                t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+                if t > 0 and ("render_" in evt.key or "tile_order" in evt.key):
+                    name = evt.key.split("(")[0].split("<")[0].replace("void ", "").replace("gsr::", "")
+                    k[name] = round(k.get(name, 0.0) + t / reps, 1)
+            kernels[mode] = k
     finally:
         if previous is None:
-            os.environ.pop("GSR_DEPTH_GRAPH", None)
+            os.environ.pop(var, None)
         else:
-            os.environ["GSR_DEPTH_GRAPH"] = previous
-    out = {}
+            os.environ[var] = previous
+    out = {"variable": var}
     for mode, (fw, bw) in times.items():
         fw.sort()
         bw.sort()
         out[mode] = {"fwd_ms_median": round(fw[len(fw) // 2], 4), "bwd_ms_median": round(bw[len(bw) // 2], 4),
                      "fwd_ms_p25": round(fw[len(fw) // 4], 4), "fwd_ms_p75": round(fw[3 * len(fw) // 4], 4),
-                     "fps_nograd": round(200 / frames[mode], 1)}
+                     "fps_nograd": round(200 / frames[mode], 1), "kernels_us": kernels[mode]}
     return out
 
 
@@ -363,6 +383,8 @@ def main() -> None:
                     help="host time of the pieces before the first kernel (no-sync loops, N = 0 calls)")
     ap.add_argument("--graph-ab", action="store_true",
                     help="eager forward with the depth-order graph replay on / off, interleaved in one process")
+    ap.add_argument("--order-ab", action="store_true",
+                    help="the same with the blending passes' tile order by list length on / off (GSR_TILE_ORDER)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_rasterizer: needs a CUDA GPU")
@@ -372,7 +394,9 @@ def main() -> None:
     if args.host_costs:
         print(json.dumps({"host_costs_us": host_costs(args.n, args.width, args.height)}), flush=True)
     if args.graph_ab:
-        print(json.dumps({"depth_graph_ab": graph_ab(args.n, args.width, args.height)}), flush=True)
+        print(json.dumps({"depth_graph_ab": env_ab("GSR_DEPTH_GRAPH", args.n, args.width, args.height)}), flush=True)
+    if args.order_ab:
+        print(json.dumps({"tile_order_ab": env_ab("GSR_TILE_ORDER", args.n, args.width, args.height)}), flush=True)
     backends = {"both": ["cuda", "cuda_fixed", "cuda_graph"],
                 "all": ["cuda", "cuda_fixed", "cuda_graph", "reference"]}.get(args.backend,
                                                                                                 [args.backend])

@@ -88,6 +88,22 @@ def engine_fps(model: str, width: int, height: int, frames: int, device: str, sp
     return out
 
 
+def grown_copy(model: str, splats: int) -> str:
+    """A copy of the model folder whose latest avatar is grown to ``splats`` splats (see
+    :func:`replicate_splats`), for timing render.py at that size; returns the copy's path."""
+    import shutil
+
+    from gaussian_renderer.avatar_engine import AvatarEngine
+
+    dst = model.rstrip(os.sep) + f"_{splats}"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(model, dst, ignore=shutil.ignore_patterns("train", "val", "test"))
+    engine = AvatarEngine(dst, device="cpu")
+    replicate_splats(engine.gaussians, splats)
+    engine.gaussians.save_ply(engine.info.ply_path)
+    return dst
+
+
 def render_script(model: str, extra: list) -> tuple:
     """Run render.py; returns (wall seconds, its per-set report lines)."""
     t0 = time.perf_counter()
@@ -120,7 +136,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--device", default=None)
     p.add_argument("--splats", type=int, default=100_000,
-                   help="also time the engine with the avatar grown to this many splats (0: skip)")
+                   help="also time the engine and render.py with the avatar grown to this many splats (0: skip)")
     args = p.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = args.model
@@ -139,11 +155,12 @@ def main() -> int:
         print(f"[bench] viewer engine, {r['splats']} splats, {args.width}x{args.height} on {device}: "
               f"{r['new_frame']:.0f} frames/s posing each frame, {r['same_frame']:.0f} frames/s render only "
               f"(image on the device); {r['viewer']:.0f} frames/s with the host copy the viewer needs")
-    wall, lines = render_script(model, [])
-    n = count_images(model)
-    print(f"[bench] render.py (PNGs + videos): {n} images, process wall {wall:.1f} s")
-    for ln in lines:
-        print(f"[bench]   {ln}")
+    for folder in [model] + ([grown_copy(model, args.splats)] if args.splats else []):
+        wall, lines = render_script(folder, [])
+        n = count_images(folder)
+        print(f"[bench] render.py on {os.path.basename(folder)} (PNGs + videos): {n} images, process wall {wall:.1f} s")
+        for ln in lines:
+            print(f"[bench]   {ln}")
     return 0
 
 

@@ -54,6 +54,8 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
             "--densify_grad_threshold", str(getattr(args, "densify_grad_threshold", 0.0002))]
     if args.no_finetune:
         argv.append("--not_finetune_flame_params")
+    if getattr(args, "no_cuda_graphs", False):
+        argv.append("--no_cuda_graphs")
     parser = train.build_parser()
     ns = parser.parse_args(argv)
     from arguments import ModelParams, OptimizationParams, PipelineParams
@@ -99,6 +101,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="train.py --seed")
     p.add_argument("--evaluate", action="store_true",
                    help="also score val/test PSNR/SSIM after the last iteration (not timed)")
+    p.add_argument("--no_cuda_graphs", action="store_true", help="train.py --no_cuda_graphs (the eager loop)")
+    p.add_argument("--eager_baseline", action="store_true",
+                   help="then train the same schedule with the eager loop (--no_cuda_graphs) on the same subject "
+                        "and print its it/s and val/test scores beside this run's")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--baseline_it_s", type=float, default=30.0,
                    help="it/s to compare against (default: the original's ~30 it/s on the H100; 0: none)")
@@ -124,6 +130,17 @@ def main() -> int:
     if args.baseline_it_s > 0 and torch.cuda.is_available():
         print(f"[bench] x{full['it_per_s'] / args.baseline_it_s:.1f} the stated baseline of {args.baseline_it_s:g} it/s "
               "(the original GaussianAvatars on this subject, H100, issue 11; not run here)")
+    if args.eager_baseline and not args.no_cuda_graphs:
+        eager_args = argparse.Namespace(**{**vars(args), "no_cuda_graphs": True})
+        eager = run_training(subject, os.path.join(work, "model_eager"), args.iterations, eager_args, timed=False,
+                             evaluate=args.evaluate)
+        print(f"[bench] eager baseline (--no_cuda_graphs), same schedule: {eager['it_per_s']:.1f} it/s "
+              f"({eager['splats']} splats, peak {eager['peak_gib']:.2f} GiB); this run x{full['it_per_s'] / eager['it_per_s']:.2f}")
+        for split, m in eager["metrics"].items():
+            mine = full["metrics"].get(split, {})
+            delta = f" (this run {mine['psnr'] - m['psnr']:+.2f} dB, SSIM {mine['ssim'] - m['ssim']:+.4f})" if mine else ""
+            print(f"[bench] eager baseline {split}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}{delta}")
+        full["eager_baseline"] = {k: v for k, v in eager.items() if k != "trainer"}
     staged = run_training(subject, os.path.join(work, "model_staged"), args.stage_iterations, args, timed=True)
     print(f"[bench] per-stage mean ms over {args.stage_iterations} iterations "
           f"({staged['it_per_s']:.1f} it/s with stage events):")

@@ -5,6 +5,12 @@
 #   bash scripts/gpu_session.sh ab [BASE_TREE]   # build, cuda tests, then training throughput of this
 #       tree and of an older checkout of the Python code in BASE_TREE (same built CUDA packages),
 #       the rasterizer, and a steady-state profile if time is left
+#   bash scripts/gpu_session.sh raster   # build, cuda tests, the rasterizer: tile order on/off interleaved
+#       (--order-ab), every backend with kernel times, and the shared workload script per setting
+#       (a copy in GPU_SESSION_WORKLOAD, default .ab_scratch/rasterizer_workload.py: ../shared does
+#       not travel to the device machine)
+#   bash scripts/gpu_session.sh quality  # build, then training throughput and val/test quality against
+#       the eager loop on the same schedule (to ~20k and ~94k splats), and the render benchmark
 # Logs and result files go to $OUT (or /tmp/gpu_session). Carry .whl (see scripts/gpu_check.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +20,7 @@ mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 stage=${1:-bench}
 skip_tests=1
-[ "$stage" = bench ] || [ "$stage" = ab ] && skip_tests=0
+case "$stage" in bench|ab|raster) skip_tests=0 ;; esac
 t_start=$(date +%s)
 # GPU_SESSION_TESTS: test files to run instead of every cuda test (word-split)
 # shellcheck disable=SC2086
@@ -71,5 +77,41 @@ case "$stage" in
       head -1 "$LOG/trace_summary.txt" 2>/dev/null
     fi
     ;;
-  *) echo "usage: bash scripts/gpu_session.sh demo|bench|ab [BASE_TREE]"; exit 2 ;;
+  raster)
+    python3 benchmarks/bench_rasterizer.py --order-ab --backend both --profile > "$LOG/bench_rasterizer.log" 2>&1
+    python3 - "$LOG/bench_rasterizer.log" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith('{"tile_order_ab"'):
+        ab = json.loads(line)["tile_order_ab"]
+        for mode in ("on", "off"):
+            r = ab[mode]
+            print(f"[raster] tile order {mode}: fwd {r['fwd_ms_median']:.3f} ms (p25 {r['fwd_ms_p25']:.3f}, "
+                  f"p75 {r['fwd_ms_p75']:.3f}), bwd {r['bwd_ms_median']:.3f} ms, {r['fps_nograd']} fps; "
+                  f"kernels {r['kernels_us']}")
+PY
+    tail -8 "$LOG/bench_rasterizer.log"
+    workload=${GPU_SESSION_WORKLOAD:-.ab_scratch/rasterizer_workload.py}
+    if [ -f "$workload" ]; then
+      for r in 1 2 3; do
+        for v in 1 0; do
+          GSR_TILE_ORDER=$v python3 "$workload" diff_gaussian_rasterization > "$LOG/workload_order${v}_$r.json" 2>&1
+          echo "[raster] shared workload, GSR_TILE_ORDER=$v, round $r: $(tail -1 "$LOG/workload_order${v}_$r.json")"
+        done
+      done
+    fi
+    ;;
+  quality)
+    common=(--iterations 5000 --stage_iterations 300 --timesteps 40 --densify_from 500 --densify_every 500
+            --densify_until 5000 --opacity_reset 10000 --evaluate --eager_baseline)
+    python3 benchmarks/bench_training.py "${common[@]}" --json "$LOG/train_20k.json" > "$LOG/train_20k.log" 2>&1
+    echo "[quality] default threshold:"; grep -E "^\[bench\]|^  [a-z]" "$LOG/train_20k.log"
+    python3 benchmarks/bench_training.py "${common[@]}" --densify_grad_threshold 0.00003 \
+      --json "$LOG/train_94k.json" > "$LOG/train_94k.log" 2>&1
+    echo "[quality] --densify_grad_threshold 0.00003:"; grep -E "^\[bench\]" "$LOG/train_94k.log"
+    python3 benchmarks/bench_render.py --iterations 3000 --timesteps 10 --frames 300 --splats 100000 \
+      > "$LOG/bench_render.log" 2>&1
+    grep "^\[bench\]" "$LOG/bench_render.log"
+    ;;
+  *) echo "usage: bash scripts/gpu_session.sh demo|bench|ab [BASE_TREE]|raster|quality"; exit 2 ;;
 esac
