@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED=1
 stage=${1:-bench}
 skip_tests=1
 case "$stage" in bench|ab|raster) skip_tests=0 ;; esac
+skip_tests=${GPU_SESSION_SKIP_TESTS:-$skip_tests}   # 1: no cuda tests in any stage
 t_start=$(date +%s)
 # GPU_SESSION_TESTS: test files to run instead of every cuda test (word-split)
 # shellcheck disable=SC2086
