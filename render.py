@@ -212,12 +212,27 @@ class _RenderClock:
         return sum(b.elapsed_time(e) for b, e in self.pairs) / 1000.0
 
 
+def render_view(poser: Optional[SequencePoser], idx: int, view: Any, gaussians: Any, pipeline: Any,
+                background: torch.Tensor) -> torch.Tensor:
+    """The (3, H, W) image of view ``idx`` of a set (``poser``: the set's SequencePoser, None for
+    a model without a mesh), left on the render device."""
+    from gaussian_renderer import render
+
+    if poser is not None:
+        poser.select(idx)
+    return render(view, gaussians, pipeline, background)["render"]
+
+
+def make_poser(views: Sequence[Any], gaussians: Any, chunk: int) -> Optional[SequencePoser]:
+    """The SequencePoser of a set's views for a mesh-bound model (None otherwise)."""
+    bound = getattr(gaussians, "binding", None) is not None and hasattr(gaussians, "pose_timesteps")
+    return SequencePoser(gaussians, [v.timestep for v in views], chunk=chunk) if bound else None
+
+
 def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any], gaussians: Any,
                pipeline: Any, background: torch.Tensor, opts: RenderOptions) -> Optional[SetResult]:
     """Render ``views`` into ``model_path/name/ours_<iteration>``."""
     from tqdm import tqdm
-
-    from gaussian_renderer import render
 
     if not views:
         if not opts.quiet:
@@ -230,9 +245,8 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
         _clear_frames(iter_path / s)
         (iter_path / f"{s}.mp4").unlink(missing_ok=True)
         (iter_path / s).mkdir(parents=True, exist_ok=True)
-    bound = getattr(gaussians, "binding", None) is not None and hasattr(gaussians, "pose_timesteps")
     # the views' FLAME frames are posed in batches of opts.pose_chunk timesteps (one FLAME pass each)
-    poser = SequencePoser(gaussians, [v.timestep for v in views], chunk=opts.pose_chunk) if bound else None
+    poser = make_poser(views, gaussians, opts.pose_chunk)
 
     videos = {s: VideoThread(iter_path / f"{s}.mp4", fps=opts.fps) for s in streams} if opts.write_video else {}
     ok = False
@@ -242,9 +256,7 @@ def render_set(model_path: Path, name: str, iteration: int, views: Sequence[Any]
         with AsyncImageWriter(num_workers=opts.num_writers, max_pending=4 * opts.num_writers) as writer:
             for idx, view in enumerate(tqdm(views, desc=f"Rendering {name}", disable=opts.quiet)):
                 clock.start()
-                if poser is not None:
-                    poser.select(idx)
-                rendering = render(view, gaussians, pipeline, background)["render"]
+                rendering = render_view(poser, idx, view, gaussians, pipeline, background)
                 clock.stop()
                 gt = view.image_uint8[:3] if has_gt else None
                 # everything that lives on the render device leaves it in one non-blocking copy
@@ -296,18 +308,24 @@ def build_model(dataset: ModelParams) -> Any:
     return GaussianModel(dataset.sh_degree)
 
 
-def render_sets(dataset: ModelParams, iteration: int, pipeline: PipelineParams, skip_train: bool,
-                skip_val: bool, skip_test: bool, opts: RenderOptions) -> List[SetResult]:
-    """Load the model at ``iteration`` (-1: latest) and render the requested sets."""
+@dataclass
+class LoadedSets:
+    """A model loaded for rendering and its camera sets, ``(name, views)`` in rendering order."""
+    gaussians: Any
+    loaded_iter: int
+    background: torch.Tensor
+    model_path: Path
+    sets: List[Any]
+
+
+def load_sets(dataset: ModelParams, iteration: int, skip_train: bool, skip_val: bool,
+              skip_test: bool, quiet: bool = False) -> LoadedSets:
+    """Load the model at ``iteration`` (-1: latest) and the camera sets to render."""
     from scene import Scene
 
-    if opts.render_mesh and not dataset.bind_to_mesh:
-        raise ValueError("--render_mesh needs a mesh-bound avatar (trained with --bind_to_mesh)")
     with torch.no_grad():
         gaussians = build_model(dataset)
-        scene = Scene(dataset, gaussians, load_iteration=iteration, shuffle=False, progress=not opts.quiet)
-        if hasattr(gaussians, "enable_inference_graphs"):
-            gaussians.enable_inference_graphs()  # CUDA only: one graph replay per new frame's posing
+        scene = Scene(dataset, gaussians, load_iteration=iteration, shuffle=False, progress=not quiet)
         device = getattr(gaussians, "device", None) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         bg = [1.0, 1.0, 1.0] if dataset.white_background else [0.0, 0.0, 0.0]
         background = torch.tensor(bg, dtype=torch.float32, device=device)
@@ -326,12 +344,23 @@ def render_sets(dataset: ModelParams, iteration: int, pipeline: PipelineParams, 
                 sets.append(("val" + suffix, scene.getValCameras()))
             if not skip_test:
                 sets.append(("test" + suffix, scene.getTestCameras()))
-        results = []
-        for name, views in sets:
-            res = render_set(model_path, name, scene.loaded_iter, views, gaussians, pipeline, background, opts)
+    return LoadedSets(gaussians, scene.loaded_iter, background, model_path, sets)
+
+
+def render_sets(dataset: ModelParams, iteration: int, pipeline: PipelineParams, skip_train: bool,
+                skip_val: bool, skip_test: bool, opts: RenderOptions) -> List[SetResult]:
+    """Load the model at ``iteration`` (-1: latest) and render the requested sets."""
+    if opts.render_mesh and not dataset.bind_to_mesh:
+        raise ValueError("--render_mesh needs a mesh-bound avatar (trained with --bind_to_mesh)")
+    loaded = load_sets(dataset, iteration, skip_train, skip_val, skip_test, quiet=opts.quiet)
+    results = []
+    with torch.no_grad():
+        for name, views in loaded.sets:
+            res = render_set(loaded.model_path, name, loaded.loaded_iter, views, loaded.gaussians, pipeline,
+                             loaded.background, opts)
             if res is not None:
                 results.append(res)
-        return results
+    return results
 
 
 def build_parser() -> argparse.ArgumentParser:

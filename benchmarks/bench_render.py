@@ -104,6 +104,53 @@ def grown_copy(model: str, splats: int) -> str:
     return dst
 
 
+def render_loop_fps(model: str) -> dict:
+    """Views per second of render.py's own per-view work (batched FLAME posing + render, image
+    left on the device) over its val and test sets, without writing: ``render.load_sets`` and
+    ``render.render_view``, as render.py calls them; one warm-up view per set."""
+    import render as render_py
+    from arguments import ModelParams, PipelineParams, get_combined_args
+
+    args = get_combined_args(render_py.build_parser(), ["-m", model, "--skip_train", "--quiet"])
+    dataset, pipeline = ModelParams.extract(args), PipelineParams.extract(args)
+    loaded = render_py.load_sets(dataset, -1, True, False, False, quiet=True)
+    sync = torch.cuda.synchronize if loaded.background.device.type == "cuda" else (lambda: None)
+    out = {"splats": int(loaded.gaussians.num_points), "sets": {}}
+    with torch.no_grad():
+        for name, views in loaded.sets:
+            render_py.render_view(render_py.make_poser(views[:1], loaded.gaussians, 64), 0, views[0],
+                                  loaded.gaussians, pipeline, loaded.background)
+            poser = render_py.make_poser(views, loaded.gaussians, render_py.RenderOptions.pose_chunk)
+            sync()
+            t0 = time.perf_counter()
+            for k, view in enumerate(views):
+                render_py.render_view(poser, k, view, loaded.gaussians, pipeline, loaded.background)
+            sync()
+            out["sets"][name] = (len(views), len(views) / (time.perf_counter() - t0))
+    return out
+
+
+def png_rate(width: int, height: int, workers: int, count: int = 400) -> float:
+    """PNGs per second that render.py's writer pool (``workers`` threads, its compression level)
+    encodes and writes for a smooth synthetic 8-bit image of the given size."""
+    import shutil
+
+    from utils.async_writer import AsyncImageWriter
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)),
+                    ((xx + yy) * 7) % 256], -1).astype(np.uint8)
+    folder = tempfile.mkdtemp(prefix="bench_png_")
+    try:
+        t0 = time.perf_counter()
+        with AsyncImageWriter(num_workers=workers) as writer:
+            for i in range(count):
+                writer.submit(os.path.join(folder, f"{i:05d}.png"), img)
+        return count / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def render_script(model: str, extra: list) -> tuple:
     """Run render.py; returns (wall seconds, its per-set report lines)."""
     t0 = time.perf_counter()
@@ -155,7 +202,13 @@ def main() -> int:
         print(f"[bench] viewer engine, {r['splats']} splats, {args.width}x{args.height} on {device}: "
               f"{r['new_frame']:.0f} frames/s posing each frame, {r['same_frame']:.0f} frames/s render only "
               f"(image on the device); {r['viewer']:.0f} frames/s with the host copy the viewer needs")
+    workers = min(8, os.cpu_count() or 1)  # render.py's default --num_writers
+    print(f"[bench] PNG writer pool ({workers} threads), {args.width}x{args.height}: "
+          f"{png_rate(args.width, args.height, workers):.0f} images/s (render.py writes 2 per view: render + gt)")
     for folder in [model] + ([grown_copy(model, args.splats)] if args.splats else []):
+        loop = render_loop_fps(folder)
+        print(f"[bench] render.py's per-view work without writing (batched posing + render), {loop['splats']} splats: "
+              + ", ".join(f"{name} {n} views at {fps:.0f} views/s" for name, (n, fps) in loop["sets"].items()))
         wall, lines = render_script(folder, [])
         n = count_images(folder)
         print(f"[bench] render.py on {os.path.basename(folder)} (PNGs + videos): {n} images, process wall {wall:.1f} s")

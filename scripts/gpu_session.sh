@@ -11,6 +11,8 @@
 #       not travel to the device machine)
 #   bash scripts/gpu_session.sh quality  # build, then training throughput and val/test quality against
 #       the eager loop on the same schedule (to ~20k and ~94k splats), and the render benchmark
+#   bash scripts/gpu_session.sh render   # build, cuda tests, the render benchmark on a 100-timestep
+#       subject (render.py's val set: 75 views, one timestep each; test: 400 views)
 # Logs and result files go to $OUT (or /tmp/gpu_session). Carry .whl (see scripts/gpu_check.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 stage=${1:-bench}
 skip_tests=1
-case "$stage" in bench|ab|raster) skip_tests=0 ;; esac
+case "$stage" in bench|ab|raster|render) skip_tests=0 ;; esac
 skip_tests=${GPU_SESSION_SKIP_TESTS:-$skip_tests}   # 1: no cuda tests in any stage
 t_start=$(date +%s)
 # GPU_SESSION_TESTS: test files to run instead of every cuda test (word-split)
@@ -116,5 +118,10 @@ PY
       > "$LOG/bench_render.log" 2>&1
     grep "^\[bench\]" "$LOG/bench_render.log"
     ;;
-  *) echo "usage: bash scripts/gpu_session.sh demo|bench|ab [BASE_TREE]|raster|quality"; exit 2 ;;
+  render)
+    python3 benchmarks/bench_render.py --iterations 3000 --timesteps 100 --frames 300 --splats 100000 \
+      > "$LOG/bench_render.log" 2>&1
+    grep "^\[bench\]" "$LOG/bench_render.log"
+    ;;
+  *) echo "usage: bash scripts/gpu_session.sh demo|bench|ab [BASE_TREE]|raster|quality|render"; exit 2 ;;
 esac
