@@ -11,30 +11,33 @@ from scene.pose_batches import PosedFrames, SequencePoser
 T = 7
 
 
-@pytest.fixture(scope="module")
-def avatar(flame_assets):
-    """A FLAME-bound model on the procedural head with T distinct timesteps (expression, jaw,
-    neck, eyes, rotation, translation and dynamic offsets all vary) and random splats."""
+def make_avatar(flame_assets, device: str, num_timesteps: int, seed: int) -> FlameGaussianModel:
+    """A FLAME-bound model on the procedural head whose timesteps all differ (expression, jaw,
+    neck, eyes, rotation, translation and dynamic offsets), with random splats."""
     g = FlameGaussianModel(1, n_shape=20, n_expr=10, flame_model_path=str(flame_assets / "flame2023.pkl"),
-                           flame_masks_path=str(flame_assets / "FLAME_masks.pkl"), device="cpu")
-    rng = np.random.default_rng(1)
-    meshes = {t: {"shape": 0.5 * rng.standard_normal(300).astype(np.float32),
-                  "expr": 0.5 * rng.standard_normal((1, 100)).astype(np.float32),
-                  "rotation": 0.2 * rng.standard_normal((1, 3)).astype(np.float32),
-                  "neck_pose": 0.1 * rng.standard_normal((1, 3)).astype(np.float32),
-                  "jaw_pose": np.abs(0.2 * rng.standard_normal((1, 3))).astype(np.float32),
-                  "eyes_pose": 0.1 * rng.standard_normal((1, 6)).astype(np.float32),
-                  "translation": 0.05 * rng.standard_normal((1, 3)).astype(np.float32),
-                  "static_offset": 0.002 * rng.standard_normal((1, 5023, 3)).astype(np.float32),
-                  "dynamic_offset": 0.002 * rng.standard_normal((1, 5023, 3)).astype(np.float32)}
-              for t in range(T)}
+                           flame_masks_path=str(flame_assets / "FLAME_masks.pkl"), device=device)
+    rng = np.random.default_rng(seed)
+
+    def normal(scale, shape):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    meshes = {t: {"shape": normal(0.5, 300), "expr": normal(0.5, (1, 100)), "rotation": normal(0.2, (1, 3)),
+                  "neck_pose": normal(0.1, (1, 3)), "jaw_pose": np.abs(normal(0.2, (1, 3))),
+                  "eyes_pose": normal(0.1, (1, 6)), "translation": normal(0.05, (1, 3)),
+                  "static_offset": normal(0.002, (1, 5023, 3)), "dynamic_offset": normal(0.002, (1, 5023, 3))}
+              for t in range(num_timesteps)}
     g.load_meshes(meshes, {}, {}, {})
     g.create_from_pcd(None, 1.0)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in (g._xyz, g._scaling, g._rotation):
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen).to(device))
     return g
+
+
+@pytest.fixture(scope="module")
+def avatar(flame_assets):
+    return make_avatar(flame_assets, "cpu", T, seed=1)
 
 
 def _one_by_one(g, t):
@@ -168,17 +171,7 @@ def test_sequence_poser_on_the_model_matches_per_view_posing(avatar):
 def test_batched_pose_on_cuda_equals_inference_graph(flame_assets):
     """On the GPU, the batched pass agrees with the per-timestep path that render.py used before
     (the inference CUDA graph)."""
-    g = FlameGaussianModel(1, n_shape=20, n_expr=10, flame_model_path=str(flame_assets / "flame2023.pkl"),
-                           flame_masks_path=str(flame_assets / "FLAME_masks.pkl"), device="cuda")
-    rng = np.random.default_rng(2)
-    meshes = {t: {"shape": 0.5 * rng.standard_normal(300).astype(np.float32),
-                  "expr": 0.5 * rng.standard_normal((1, 100)).astype(np.float32),
-                  "rotation": 0.2 * rng.standard_normal((1, 3)).astype(np.float32),
-                  "neck_pose": np.zeros((1, 3), np.float32), "jaw_pose": np.full((1, 3), 0.1, np.float32),
-                  "eyes_pose": np.zeros((1, 6), np.float32),
-                  "translation": 0.05 * rng.standard_normal((1, 3)).astype(np.float32)} for t in range(20)}
-    g.load_meshes(meshes, {}, {}, {})
-    g.create_from_pcd(None, 1.0)
+    g = make_avatar(flame_assets, "cuda", 20, seed=2)
     assert g.enable_inference_graphs()
     frames = g.pose_timesteps(range(20))
     for t in (0, 7, 19):
