@@ -15,9 +15,10 @@ folder; ``_<ID>`` appended with ``--select_camera_id``)::
     MODEL/<set>/ours_<N>/renders.mp4, gt.mp4, renders_mesh.mp4   25 fps, H.264, yuv420p
 
 A mesh-bound avatar's FLAME frames are posed ``--pose_chunk`` timesteps at a time in one batched
-pass (scene.pose_batches), not one timestep per view. Rendering never waits for the disk: each view's images are converted to uint8 on the device,
-copied to (pinned) host memory in one non-blocking copy, and handed to a pool of PNG writer
-threads and to one encoder thread per video, all through bounded queues (memory stays flat).
+pass (scene.pose_batches), not one timestep per view. Rendering never waits for the disk: each
+view's images are converted to uint8 on the device, copied to (pinned) host memory in one
+non-blocking copy, and handed to a pool of PNG writer threads and to one encoder thread per
+video, all through bounded queues (memory stays flat).
 """
 from __future__ import annotations
 

@@ -175,21 +175,37 @@ def run(backend: str, n: int, width: int, height: int, steps: int, fps_frames: i
     return res
 
 
-def profile_kernels(step, cams) -> dict:
-    """Mean CUDA time per step of each kernel (microseconds), forward + backward."""
+def kernel_times(run_step, reps: int, name_of=lambda key: key[:90]) -> dict:
+    """Mean CUDA time per step (microseconds) of each kernel over ``reps`` calls of
+    ``run_step(i)``, by ``name_of(kernel name)`` (None: left out); kernels whose names map to the
+    same name are summed. Its profiler hooks slow later launches in the process: profile last."""
     from torch.profiler import ProfilerActivity, profile
 
-    reps = 20
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(reps):
-            step(cams[i % 16])[2].backward()
+            run_step(i)
         torch.cuda.synchronize()
     out = {}
     for evt in prof.key_averages():
         t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-        if t > 0:  # names cut to 90 characters; kernels whose names agree that far are summed
-            out[evt.key[:90]] = round(out.get(evt.key[:90], 0.0) + t / reps, 1)
+        name = name_of(evt.key) if t > 0 else None
+        if name is not None:
+            out[name] = round(out.get(name, 0.0) + t / reps, 1)
+    return out
+
+
+def profile_kernels(step, cams) -> dict:
+    """The 20 longest kernels per step (microseconds), forward + backward; names cut to 90
+    characters."""
+    out = kernel_times(lambda i: step(cams[i % 16])[2].backward(), reps=20)
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:20])
+
+
+def blend_kernel_name(key: str):
+    """Short name of the blending and tile-order kernels (None for every other kernel)."""
+    if "render_" not in key and "tile_order" not in key:
+        return None
+    return key.split("(")[0].split("<")[0].replace("void ", "").replace("gsr::", "")
 
 
 def cpu_breakdown(n: int, width: int, height: int) -> dict:
@@ -294,8 +310,6 @@ def env_ab(var: str, n: int, width: int, height: int, steps: int = 200) -> dict:
     rasterizer at every call: GSR_DEPTH_GRAPH, GSR_TILE_ORDER) set to 1 and to 0, interleaved
     step by step in one process so that host drift affects both; then no-grad fps and the mean
     kernel times (us per step, forward + backward) of each setting."""
-    from torch.profiler import ProfilerActivity, profile
-
     (means, scales, rots, opac, shs), cams, bg, tanx, tany = make_workload(n, width, height)
 
     def step(cam):
@@ -338,20 +352,10 @@ def env_ab(var: str, n: int, width: int, height: int, steps: int = 200) -> dict:
                 torch.cuda.synchronize()
                 frames[mode] += time.perf_counter() - t0
         kernels = {}
-        reps = 32
         for mode in modes:
             os.environ[var] = "1" if mode == "on" else "0"
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for i in range(reps):
-                    step(cams[i % 16]).backward()
-                torch.cuda.synchronize()
-            k = {}
-            for evt in prof.key_averages():
-                t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
-                if t > 0 and ("render_" in evt.key or "tile_order" in evt.key):
-                    name = evt.key.split("(")[0].split("<")[0].replace("void ", "").replace("gsr::", "")
-                    k[name] = round(k.get(name, 0.0) + t / reps, 1)
-            kernels[mode] = k
+            kernels[mode] = kernel_times(lambda i: step(cams[i % 16]).backward(), reps=32,
+                                         name_of=blend_kernel_name)
     finally:
         if previous is None:
             os.environ.pop(var, None)
