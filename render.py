@@ -303,7 +303,8 @@ def build_model(dataset: ModelParams) -> Any:
         return FlameGaussianModel(dataset.sh_degree, dataset.disable_flame_static_offset,
                                   dataset.not_finetune_flame_params,
                                   flame_model_path=dataset.flame_model_path or None,
-                                  flame_masks_path=dataset.flame_masks_path or None)
+                                  flame_masks_path=dataset.flame_masks_path or None,
+                                  teeth_style=dataset.teeth)
     from scene.gaussian_model import GaussianModel
 
     return GaussianModel(dataset.sh_degree)

@@ -254,7 +254,8 @@ def build_gaussians(dataset: ModelParams, device: torch.device) -> Any:
     kwargs: Dict[str, Any] = dict(disable_flame_static_offset=dataset.disable_flame_static_offset,
                                   not_finetune_flame_params=dataset.not_finetune_flame_params,
                                   flame_model_path=dataset.flame_model_path or None,
-                                  flame_masks_path=dataset.flame_masks_path or None, device=device)
+                                  flame_masks_path=dataset.flame_masks_path or None,
+                                  teeth_style=dataset.teeth, device=device)
     try:
         return FlameGaussianModel(dataset.sh_degree, **kwargs)
     except FileNotFoundError as exc:

@@ -129,6 +129,7 @@ class ModelParams(ParamGroup):
     target_path: str = ""
     flame_model_path: str = ""
     flame_masks_path: str = ""
+    teeth: str = "original"
 
     @classmethod
     def _field_help(cls) -> Dict[str, str]:
@@ -148,6 +149,8 @@ class ModelParams(ParamGroup):
             "target_path": "another subject whose FLAME motion and cameras drive the avatar",
             "flame_model_path": "FLAME model pickle (default flame_model/assets/flame/flame2023.pkl or $FLAME_MODEL_PATH)",
             "flame_masks_path": "FLAME masks pickle (default flame_model/assets/flame/FLAME_masks.pkl or $FLAME_MASKS_PATH)",
+            "teeth": "teeth construction: 'original' (the release's: rigid, from the outer lip rings) or "
+                     "'ring_fit' (this project's earlier one: fitted to the inner lip ring, follows expressions)",
         }
 
     def validate(self) -> None:
@@ -157,6 +160,9 @@ class ModelParams(ParamGroup):
             raise ValueError(f"--data_device must be 'cuda' or 'cpu', got {self.data_device!r}")
         if self.resolution == 0 or self.resolution < -1:
             raise ValueError(f"--resolution must be -1, 1, 2, 4, 8 or a target width, got {self.resolution}")
+        from flame_model.teeth import TEETH_STYLES
+        if self.teeth not in TEETH_STYLES:
+            raise ValueError(f"--teeth must be one of {', '.join(TEETH_STYLES)}, got {self.teeth!r}")
 
     @classmethod
     def extract(cls, args: argparse.Namespace) -> "ModelParams":  # type: ignore[override]

@@ -34,6 +34,7 @@ class FlameHead(torch.nn.Module):
                  flame_model_path: Optional[Union[str, os.PathLike]] = None,
                  flame_masks_path: Optional[Union[str, os.PathLike]] = None,
                  add_teeth: bool = True,
+                 teeth_style: str = "original",
                  flame_template_obj_path: Optional[Union[str, os.PathLike]] = None,
                  landmark_embedding_path: Optional[Union[str, os.PathLike]] = None) -> None:
         super().__init__()
@@ -72,8 +73,10 @@ class FlameHead(torch.nn.Module):
 
         uv_data = self._load_uvs(flame_template_obj_path, model_path, v.shape[0], faces)
         self.teeth: Optional[teeth_mod.TeethData] = None
+        self.teeth_style = teeth_style if add_teeth else None
         if add_teeth:
-            td = teeth_mod.build_teeth(v, faces, shapedirs, posedirs, J_reg.shape[0], regions)
+            td = teeth_mod.build_teeth(v, faces, shapedirs, posedirs, J_reg.shape[0], regions, shape_params,
+                                      style=teeth_style)
             self.teeth = td
             v = np.concatenate([v, td.verts])
             faces = np.concatenate([faces, td.faces])

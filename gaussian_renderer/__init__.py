@@ -65,11 +65,15 @@ def _python_colors(viewpoint_camera: Any, pc: Any, means3D: torch.Tensor) -> tor
 
 def camera_intrinsics(cam: Any) -> tuple:
     """``(tanfovx, tanfovy, cx, cy)`` the rasterizer receives for ``cam``: half-angle tangents of
-    its field of view and its principal point in pixels (``None`` for a centred camera)."""
+    its field of view and its principal point (``None`` for a centred camera).
+
+    Cameras hold ``cx, cy`` in the NeRF/COLMAP convention (pixel i covers [i, i + 1)); the
+    rasterizer, like the reference 3DGS one, puts pixel centres at integer coordinates, so this is
+    the one place the principal point moves by half a pixel."""
     cx = getattr(cam, "cx", None)
     cy = getattr(cam, "cy", None)
     return (math.tan(float(cam.FoVx) * 0.5), math.tan(float(cam.FoVy) * 0.5),
-            None if cx is None else float(cx), None if cy is None else float(cy))
+            None if cx is None else float(cx) - 0.5, None if cy is None else float(cy) - 0.5)
 
 
 def render(viewpoint_camera: Any, pc: Any, pipe: Any, bg_color: torch.Tensor,

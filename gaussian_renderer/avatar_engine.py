@@ -106,6 +106,7 @@ class AvatarEngine:
         cfg = load_cfg_args(model_dir) if model_dir else {}
         flame_model_path = flame_model_path or cfg.get("flame_model_path") or None
         flame_masks_path = flame_masks_path or cfg.get("flame_masks_path") or None
+        self.teeth_style = str(cfg.get("teeth") or "original")
         self.info = LoadedAvatar(ply_path=ply_path, model_dir=model_dir, iteration=it,
                                  bound=_ply_has_binding(ply_path))
         sh_degree = int(sh_degree if sh_degree is not None else cfg.get("sh_degree", 3))
@@ -139,7 +140,8 @@ class AvatarEngine:
                     n_shape = int(np.asarray(data["shape"]).reshape(-1).shape[0])
         self.gaussians = FlameGaussianModel(sh_degree, n_shape=n_shape, n_expr=n_expr,
                                             flame_model_path=flame_model_path,
-                                            flame_masks_path=flame_masks_path, device=self.device)
+                                            flame_masks_path=flame_masks_path, teeth_style=self.teeth_style,
+                                            device=self.device)
         if not os.path.isfile(npz):
             self.info.notes.append(f"{npz} is missing: showing the avatar on the neutral FLAME head")
             self._load_splats_without_npz(ply_path, n_shape, n_expr)

@@ -93,8 +93,8 @@ class Camera:
         self.camera_id = camera_id
         self.fl_x = float(fl_x) if fl_x is not None else fov2focal(self.FoVx, self.image_width)
         self.fl_y = float(fl_y) if fl_y is not None else fov2focal(self.FoVy, self.image_height)
-        self.cx = float(cx) if cx is not None else (self.image_width - 1) / 2.0
-        self.cy = float(cy) if cy is not None else (self.image_height - 1) / 2.0
+        self.cx = float(cx) if cx is not None else self.image_width / 2.0
+        self.cy = float(cy) if cy is not None else self.image_height / 2.0
         self.znear = znear
         self.zfar = zfar
         self.trans = np.zeros(3) if trans is None else np.asarray(trans, dtype=np.float64)
@@ -178,13 +178,14 @@ class MiniCam:
 def scaled_intrinsics(info_w: int, info_h: int, new_w: int, new_h: int, fovx: float, fovy: float,
                       cx: Optional[float], cy: Optional[float], fl_x: Optional[float],
                       fl_y: Optional[float]) -> Dict[str, Optional[float]]:
-    """Intrinsics after resizing ``info_w x info_h`` to ``new_w x new_h`` (pixel centres at integers)."""
+    """Intrinsics after resizing ``info_w x info_h`` to ``new_w x new_h`` (NeRF/COLMAP pixel convention:
+    pixel i covers [i, i + 1), so the principal point scales with the image)."""
     sx, sy = new_w / info_w, new_h / info_h
     out: Dict[str, Optional[float]] = {}
     out["fl_x"] = fl_x * sx if fl_x is not None else None
     out["fl_y"] = fl_y * sy if fl_y is not None else None
-    out["cx"] = (cx + 0.5) * sx - 0.5 if cx is not None else None
-    out["cy"] = (cy + 0.5) * sy - 0.5 if cy is not None else None
+    out["cx"] = cx * sx if cx is not None else None
+    out["cy"] = cy * sy if cy is not None else None
     out["FoVx"] = focal2fov(out["fl_x"], new_w) if out["fl_x"] is not None else fovx
     out["FoVy"] = focal2fov(out["fl_y"], new_h) if out["fl_y"] is not None else fovy
     return out

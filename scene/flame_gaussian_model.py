@@ -122,6 +122,7 @@ class FlameGaussianModel(GaussianModel):
         *,
         flame_model_path: Optional[str] = None,
         flame_masks_path: Optional[str] = None,
+        teeth_style: str = "original",
         flame_model: Optional[torch.nn.Module] = None,
         device: Optional[torch.device | str] = None,
     ):
@@ -139,6 +140,7 @@ class FlameGaussianModel(GaussianModel):
                 flame_model_path=flame_model_path or None,
                 flame_masks_path=flame_masks_path or None,
                 add_teeth=True,
+                teeth_style=teeth_style,
             )
         self.flame_model = flame_model.to(self.device)
         self.faces: torch.Tensor = self.flame_model.faces.to(self.device, torch.long)

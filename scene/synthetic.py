@@ -53,6 +53,9 @@ class SyntheticConfig:
     device: str = "auto"
     batch_timesteps: int = 0   # 0: automatic
     supersample: int = 1       # render at S x the size and box-filter down (anti-aliased edges)
+    principal_jitter: float = 0.02   # principal points drawn within +-this fraction of the size off centre
+    focal_jitter: float = 0.01       # fl_y within +-this fraction of fl_x
+    teeth: str = "original"          # teeth construction of the FLAME model the subject is posed with
     progress: bool = True
 
 
@@ -68,9 +71,9 @@ class SynthCamera:
     height: int
 
     def scaled(self, s: int) -> "SynthCamera":
-        """The same camera at s x the resolution (pixel centres at integer coordinates)."""
-        return SynthCamera(self.index, self.c2w_gl, self.fl_x * s, self.fl_y * s, (self.cx + 0.5) * s - 0.5,
-                           (self.cy + 0.5) * s - 0.5, self.width * s, self.height * s)
+        """The same camera at s x the resolution (pixel i covers [i, i + 1): cx scales with the size)."""
+        return SynthCamera(self.index, self.c2w_gl, self.fl_x * s, self.fl_y * s, self.cx * s,
+                           self.cy * s, self.width * s, self.height * s)
 
     def matrices(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Transposed world_view_transform and full_proj_transform (as scene.cameras.Camera)."""
@@ -105,12 +108,13 @@ def resolve_flame_dir(cfg: SyntheticConfig) -> str:
     return d
 
 
-def load_flame(flame_dir: str, device: torch.device):
+def load_flame(flame_dir: str, device: torch.device, teeth: str = "original"):
     from flame_model.flame import FlameHead
 
     masks = os.path.join(flame_dir, "FLAME_masks.pkl")
     flame = FlameHead(N_SHAPE, N_EXPR, flame_model_path=os.path.join(flame_dir, "flame2023.pkl"),
-                      flame_masks_path=masks if os.path.isfile(masks) else None, add_teeth=True)
+                      flame_masks_path=masks if os.path.isfile(masks) else None, add_teeth=True,
+                      teeth_style=teeth)
     return flame.to(device)
 
 
@@ -187,9 +191,11 @@ def make_cameras(cfg: SyntheticConfig, head_center: np.ndarray, head_height: flo
         eye = head_center + cfg.distance * np.array([math.sin(az) * math.cos(el), math.sin(el),
                                                      math.cos(az) * math.cos(el)])
         c2w = look_at_c2w_opengl(eye, head_center)
-        cx = (cfg.width - 1) / 2 + rng.uniform(-0.02, 0.02) * cfg.width
-        cy = (cfg.height - 1) / 2 + rng.uniform(-0.02, 0.02) * cfg.height
-        cams.append(SynthCamera(i, c2w, fl, fl * (1 + rng.uniform(-0.01, 0.01)), cx, cy, cfg.width, cfg.height))
+        pj, fj = cfg.principal_jitter, cfg.focal_jitter
+        # NeRF/COLMAP convention: pixel i covers [i, i + 1), a centred camera has cx = W / 2
+        cx = cfg.width / 2 + rng.uniform(-pj, pj) * cfg.width
+        cy = cfg.height / 2 + rng.uniform(-pj, pj) * cfg.height
+        cams.append(SynthCamera(i, c2w, fl, fl * (1 + rng.uniform(-fj, fj)), cx, cy, cfg.width, cfg.height))
     return cams
 
 
@@ -247,7 +253,7 @@ def generate(cfg: SyntheticConfig) -> Dict:
     os.makedirs(os.path.join(cfg.out, "images"), exist_ok=True)
     os.makedirs(os.path.join(cfg.out, "flame_param"), exist_ok=True)
     flame_dir = resolve_flame_dir(cfg)
-    flame = load_flame(flame_dir, device)
+    flame = load_flame(flame_dir, device, cfg.teeth)
     texture = load_texture(flame_dir)
     faces = flame.faces
 
@@ -338,7 +344,8 @@ def generate(cfg: SyntheticConfig) -> Dict:
             "flame_model_path": os.path.abspath(os.path.join(flame_dir, "flame2023.pkl")),
             "width": cfg.width, "height": cfg.height, "num_cameras": N, "num_timesteps": cfg.num_timesteps,
             "train_timesteps": train_t, "test_timesteps": test_t, "front_camera": front, "seed": cfg.seed,
-            "supersample": S, "device": str(device), "seconds": round(time.time() - t0, 2)}
+            "supersample": S, "teeth": cfg.teeth, "principal_jitter": cfg.principal_jitter,
+            "focal_jitter": cfg.focal_jitter, "device": str(device), "seconds": round(time.time() - t0, 2)}
     _write_json(os.path.join(cfg.out, "synthetic_info.json"), info)
     return info
 
@@ -357,6 +364,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--batch_timesteps", type=int, default=0)
     p.add_argument("--supersample", type=int, default=1,
                    help="render at S x the resolution and average down (anti-aliased silhouettes)")
+    p.add_argument("--principal_jitter", type=float, default=0.02,
+                   help="principal points off centre by up to this fraction of the size (0: centred, cx = W/2)")
+    p.add_argument("--focal_jitter", type=float, default=0.01,
+                   help="fl_y differs from fl_x by up to this fraction (0: square pixels, as the original assumes)")
+    p.add_argument("--teeth", default="original", help="teeth construction of the FLAME model (original, ring_fit)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.num_cameras < 2 or a.num_timesteps < 2 or a.width < 8 or a.height < 8:
@@ -364,6 +376,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     cfg = SyntheticConfig(out=a.out, flame_dir=a.flame_dir, width=a.width, height=a.height,
                           num_cameras=a.num_cameras, num_timesteps=a.num_timesteps, test_fraction=a.test_fraction,
                           seed=a.seed, device=a.device, batch_timesteps=a.batch_timesteps, supersample=a.supersample,
+                          principal_jitter=a.principal_jitter, focal_jitter=a.focal_jitter, teeth=a.teeth,
                           progress=not a.quiet)
     info = generate(cfg)
     print(f"wrote {a.out}: {info['num_cameras']} cameras x {info['num_timesteps']} timesteps at "

@@ -34,3 +34,13 @@ def numpy_ssim_map(a: np.ndarray, b: np.ndarray, win: int = 11, sigma: float = 1
 def numpy_ssim(a: np.ndarray, b: np.ndarray, win: int = 11, sigma: float = 1.5) -> float:
     """Mean of :func:`numpy_ssim_map`."""
     return float(numpy_ssim_map(a, b, win, sigma).mean())
+
+
+def nerf_pixel_coords(full_proj_transform, X: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(N, 2) pixel coordinates of world points ``X`` in the NeRF/COLMAP convention (pixel i covers
+    [i, i + 1)) through a transposed full projection and the rasterizer's NDC map, which puts pixel
+    centres at integers: ``u = ((ndc + 1) W - 1) / 2 + 0.5``. float64 throughout."""
+    P = np.asarray(full_proj_transform, dtype=np.float64)
+    p = np.concatenate([X, np.ones((len(X), 1))], 1) @ P
+    ndc = p[:, :2] / p[:, 3:4]
+    return np.stack([((ndc[:, 0] + 1) * width - 1) / 2 + 0.5, ((ndc[:, 1] + 1) * height - 1) / 2 + 0.5], 1)

@@ -13,6 +13,7 @@ from scene.dataset_readers import CameraInfo
 from utils.graphics_utils import (focal2fov, fov2focal, getProjectionMatrix, getWorld2View2, qvec2rotmat,
                                   rotmat2qvec)
 from utils.image_io import DatasetError, composite_uint8, load_image, target_resolution
+from numpy_oracles import nerf_pixel_coords
 
 
 def _rot(seed: int) -> np.ndarray:
@@ -21,12 +22,8 @@ def _rot(seed: int) -> np.ndarray:
 
 
 def _project(cam, X: np.ndarray) -> np.ndarray:
-    """Pixel coords through the camera's transposed full projection + the rasterizer's NDC map."""
-    p = torch.tensor(np.concatenate([X, np.ones((len(X), 1))], 1), dtype=torch.float32) @ cam.full_proj_transform.cpu()
-    ndc = p[:, :2] / p[:, 3:4]
-    u = ((ndc[:, 0] + 1) * cam.image_width - 1) / 2
-    v = ((ndc[:, 1] + 1) * cam.image_height - 1) / 2
-    return torch.stack([u, v], 1).numpy()
+    """Pixel coords of ``X`` in the NeRF/COLMAP convention (pixel i covers [i, i + 1))."""
+    return nerf_pixel_coords(cam.full_proj_transform.cpu().numpy(), X, cam.image_width, cam.image_height)
 
 
 def test_focal_fov_roundtrip():
@@ -70,7 +67,7 @@ def test_principal_point_pinhole(W, H, fx, fy, cx, cy):
 
 def test_centered_default_equals_explicit_center():
     P0 = getProjectionMatrix(0.01, 100, 0.9, 0.7)
-    P1 = getProjectionMatrix(0.01, 100, 0.9, 0.7, cx=(64 - 1) / 2, cy=(48 - 1) / 2, width=64, height=48)
+    P1 = getProjectionMatrix(0.01, 100, 0.9, 0.7, cx=64 / 2, cy=48 / 2, width=64, height=48)
     assert torch.allclose(P0, P1, atol=1e-7)
     # depth maps near->0, far->1
     for z, ndc in ((0.01, 0.0), (100.0, 1.0)):
@@ -158,14 +155,14 @@ def test_cameras_from_infos_loads_and_rescales(tmp_path):
     assert cams[1].alpha_mask.shape == (1, H, W)
     assert torch.equal(cams[1].original_image, cams[1].image_uint8.float() / 255)
 
-    # half resolution: the intrinsics follow (pixel centres at integers)
+    # half resolution: the intrinsics follow (pixel i covers [i, i + 1): coordinates halve)
     half = cameras_from_infos(infos[:1], resolution=2, data_device="cpu", progress=False)[0]
     assert (half.image_width, half.image_height) == (20, 15)
     assert half.original_image.shape == (3, 15, 20)
     X = np.random.default_rng(1).uniform(-0.3, 0.3, size=(10, 3))
     full_uv = _project(cams[0], X)
     half_uv = _project(half, X)
-    assert np.allclose((full_uv + 0.5) * 0.5 - 0.5, half_uv, atol=2e-3)
+    assert np.allclose(full_uv * 0.5, half_uv, atol=2e-3)
 
     # black background when asked, no images when not loaded
     black = cameras_from_infos(infos[:1], data_device="cpu", white_background=False, progress=False)[0]
@@ -179,8 +176,8 @@ def test_cameras_from_infos_loads_and_rescales(tmp_path):
 
 
 def test_scaled_intrinsics_centre_stays_centre():
-    out = scaled_intrinsics(100, 50, 25, 12, 1.0, 0.5, 49.5, 24.5, 80.0, 80.0)
-    assert out["cx"] == pytest.approx((25 - 1) / 2)
+    out = scaled_intrinsics(100, 50, 25, 12, 1.0, 0.5, 50.0, 25.0, 80.0, 80.0)
+    assert out["cx"] == pytest.approx(25 / 2)
     assert out["fl_x"] == pytest.approx(20.0)
 
 

@@ -350,7 +350,7 @@ def test_lip_rings_from_geometry_match_the_masks(raw, assets):
     for got, key in ((rings.inner_upper, "lip_inner_ring_upper"), (rings.inner_lower, "lip_inner_ring_lower")):
         want = np.asarray(masks[key])
         assert set(got.tolist()) == set(want.tolist())
-        assert np.all(np.diff(v[got, 0]) > 0)          # sorted left -> right
+        assert np.all(np.diff(v[got, 0]) < 0)          # ring order: the subject's left (+x) to right
 
 
 def test_uvs_and_obj_round_trip(flame, assets, tmp_path):
@@ -462,8 +462,8 @@ def test_flame_topology_uses_the_published_lip_ring_ids():
     rng = np.random.default_rng(0)
     v = rng.standard_normal((5023, 3))
     rings = find_lip_rings(v, np.zeros((0, 3), dtype=np.int64), {})
-    assert set(rings.inner_upper.tolist()) == set(FLAME_LIP_RINGS["lip_inner_ring_upper"])
-    assert set(rings.outer_lower.tolist()) == set(FLAME_LIP_RINGS["lip_outer_ring_lower"])
-    assert np.all(np.diff(v[rings.inner_lower, 0]) >= 0)
+    # the published ring order is kept as it is (the teeth columns, and so binding indices, follow it)
+    assert rings.inner_upper.tolist() == list(FLAME_LIP_RINGS["lip_inner_ring_upper"])
+    assert rings.outer_lower.tolist() == list(FLAME_LIP_RINGS["lip_outer_ring_lower"])
     with pytest.raises(ValueError, match="lip ring keys"):
         find_lip_rings(rng.standard_normal((100, 3)), np.zeros((0, 3), dtype=np.int64), {})

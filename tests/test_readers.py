@@ -15,12 +15,12 @@ from scene import colmap_loader as cl
 from scene.cameras import cameras_from_infos
 from scene.dataset_readers import DatasetError, detect_layout, load_flame_param, read_scene_info
 from utils.graphics_utils import look_at_c2w_opengl, qvec2rotmat, rotmat2qvec
+from numpy_oracles import nerf_pixel_coords
 
 
-def _project(cam, X):
-    p = torch.tensor(np.concatenate([X, np.ones((len(X), 1))], 1), dtype=torch.float32) @ cam.full_proj_transform.cpu()
-    ndc = p[:, :2] / p[:, 3:4]
-    return np.stack([((ndc[:, 0] + 1) * cam.image_width - 1) / 2, ((ndc[:, 1] + 1) * cam.image_height - 1) / 2], 1)
+def _project(cam, X: np.ndarray) -> np.ndarray:
+    """Pixel coords of ``X`` in the NeRF/COLMAP convention (pixel i covers [i, i + 1))."""
+    return nerf_pixel_coords(cam.full_proj_transform.cpu().numpy(), X, cam.image_width, cam.image_height)
 
 
 def _png(path, W, H, rgba=False, seed=0):
@@ -160,9 +160,9 @@ def test_blender_reader(tmp_path):
     cams = cameras_from_infos(info.train_cameras, data_device="cpu", progress=False)
     for cam in cams:
         uv = _project(cam, np.zeros((1, 3)))[0]
-        assert np.allclose(uv, [(20 - 1) / 2, (16 - 1) / 2], atol=1e-3)
+        assert np.allclose(uv, [20 / 2, 16 / 2], atol=1e-3)
         # a point above the origin (world +y, Blender up) appears above the centre (smaller v)
-        assert _project(cam, np.array([[0.0, 0.3, 0.0]]))[0, 1] < (16 - 1) / 2
+        assert _project(cam, np.array([[0.0, 0.3, 0.0]]))[0, 1] < 16 / 2
         # camera centre matches the transform's translation
     c2w0 = np.array(frames["train"][0]["transform_matrix"])
     assert np.allclose(cams[0].camera_center.cpu().numpy(), c2w0[:3, 3], atol=1e-5)
@@ -345,3 +345,73 @@ def test_flame_param_keys_match_spec(tmp_path):
     _flame_npz(p, 1, shape=np.zeros((1, 300), np.float64))
     d = load_flame_param(str(p))
     assert d["shape"].shape == (300,) and all(v.dtype == np.float32 for v in d.values())
+
+
+# ----------------------------------------------------------------------------- pixel convention
+# Every reader takes cx, cy in the NeRF/COLMAP convention: pixel i covers [i, i + 1), so a centred
+# camera has cx = W / 2 and a point on its optical axis lands exactly between the two middle
+# columns (and rows) of an even-sized image.
+
+def _axis_point(cam) -> np.ndarray:
+    """A world point 2 units in front of the camera, on its optical axis."""
+    c = cam.camera_center.cpu().numpy().astype(np.float64)
+    forward = np.asarray(cam.R, dtype=np.float64)[:, 2]          # R is camera-to-world (3DGS)
+    return (c + 2.0 * forward)[None]
+
+
+def _centred_cameras(layout: str, root: str, W: int, H: int):
+    if layout == "COLMAP":
+        cams = {1: cl.ColmapCamera(1, "PINHOLE", W, H, np.array([30.0, 30.0, W / 2, H / 2]))}
+        q = np.array([0.9, 0.1, -0.3, 0.2])
+        images = {1: cl.ColmapImage(1, q / np.linalg.norm(q), np.array([0.1, -0.2, 3.0]), 1, "a.png",
+                                    np.zeros((1, 2)), np.array([-1]))}
+        _png(os.path.join(root, "imgs", "a.png"), W, H)
+        sp = os.path.join(root, "sparse", "0")
+        os.makedirs(sp, exist_ok=True)
+        cl.write_cameras_binary(cams, os.path.join(sp, "cameras.bin"))
+        cl.write_images_binary(images, os.path.join(sp, "images.bin"))
+        cl.write_points3D_binary(np.zeros((4, 3)), np.zeros((4, 3), np.uint8), os.path.join(sp, "points3D.bin"))
+        info = read_scene_info(root, images="imgs")
+    elif layout == "Blender":                     # camera_angle_x only: a centred frustum
+        _blender_fixture(root, W=W, H=H)
+        info = read_scene_info(root)
+    else:                                         # NeRSemble transforms with explicit cx = W / 2
+        _dynamic_fixture(root, W=W, H=H, cx=W / 2, cy=H / 2)
+        info = read_scene_info(root, bind_to_mesh=True)
+    return cameras_from_infos(info.train_cameras, data_device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("layout", ["COLMAP", "Blender", "DynamicNerf"])
+def test_centred_camera_puts_the_axis_between_the_middle_pixels(tmp_path, layout):
+    W, H = 32, 24
+    cams = _centred_cameras(layout, str(tmp_path), W, H)
+    assert cams
+    for cam in cams:
+        assert (cam.cx, cam.cy) == (W / 2, H / 2)
+        uv = _project(cam, _axis_point(cam))[0]
+        assert np.allclose(uv, [W / 2, H / 2], atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["COLMAP", "Blender", "DynamicNerf"])
+def test_mirror_symmetric_scene_renders_mirror_symmetric(tmp_path, layout):
+    """Splats placed symmetrically about a centred camera's optical axis render an image equal to
+    its own left-right and up-down mirror (half a pixel off would break the symmetry)."""
+    from types import SimpleNamespace
+    from gaussian_renderer import render
+
+    W, H = 32, 24
+    cam = _centred_cameras(layout, str(tmp_path), W, H)[0]
+    R = torch.tensor(np.asarray(cam.R), dtype=torch.float32)         # camera-to-world rotation
+    centre = cam.camera_center.cpu().float()
+    local = torch.tensor([[0.0, 0.0, 2.0], [0.25, 0.1, 2.2], [-0.25, 0.1, 2.2], [0.25, -0.1, 2.2],
+                          [-0.25, -0.1, 2.2]])
+    n = local.shape[0]
+    model = SimpleNamespace(
+        get_xyz=centre + local @ R.T, get_scaling=torch.full((n, 3), 0.05),
+        get_rotation=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1), get_opacity=torch.full((n, 1), 0.9),
+        get_features=torch.full((n, 1, 3), 0.8), active_sh_degree=0)
+    pipe = SimpleNamespace(convert_SHs_python=False, compute_cov3D_python=False, debug=False, backend="reference")
+    img = render(cam, model, pipe, torch.zeros(3))["render"].detach().numpy()
+    assert img.max() > 0.3
+    np.testing.assert_allclose(img, img[:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(img, img[:, ::-1, :], atol=1e-5)

@@ -64,10 +64,10 @@ def getProjectionMatrix(znear: float, zfar: float, fovX: float, fovY: float,
     """Perspective projection (4x4, not transposed) mapping view space to clip space.
 
     Depth maps to [0, 1] (``z_ndc = zfar (z - znear) / ((zfar - znear) z)``) and ``w = z``.
-    With ``cx, cy`` (principal point in pixels, pixel centres at integer coordinates) the frustum
-    is shifted so that the rasterizer's ``((ndc + 1) W - 1) / 2`` lands at ``u = fx x / z + cx``:
-    ``P[0,2] = (2 cx + 1) / W - 1`` and ``P[1,2] = (2 cy + 1) / H - 1``. Without them the
-    frustum is centred (``cx = (W - 1) / 2``).
+    ``cx, cy`` are the principal point in the NeRF/COLMAP pixel convention (pixel i covers
+    [i, i + 1), so a centred camera has ``cx = W / 2``); the frustum is shifted so that a point at
+    ``u = fx x / z + cx`` in that convention lands there: ``P[0,2] = 2 cx / W - 1``,
+    ``P[1,2] = 2 cy / H - 1``. Without them the frustum is centred.
     """
     tan_half_y = math.tan(fovY / 2)
     tan_half_x = math.tan(fovX / 2)
@@ -77,11 +77,11 @@ def getProjectionMatrix(znear: float, zfar: float, fovX: float, fovY: float,
     if cx is not None:
         if width is None:
             raise ValueError("getProjectionMatrix: cx needs width")
-        P[0, 2] = (2.0 * cx + 1.0) / width - 1.0
+        P[0, 2] = 2.0 * cx / width - 1.0
     if cy is not None:
         if height is None:
             raise ValueError("getProjectionMatrix: cy needs height")
-        P[1, 2] = (2.0 * cy + 1.0) / height - 1.0
+        P[1, 2] = 2.0 * cy / height - 1.0
     P[3, 2] = 1.0
     P[2, 2] = zfar / (zfar - znear)
     P[2, 3] = -(zfar * znear) / (zfar - znear)

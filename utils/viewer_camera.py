@@ -24,16 +24,16 @@ def projection_matrix(znear: float, zfar: float, fovx: float, fovy: float,
                       cx: Optional[float] = None, cy: Optional[float] = None) -> np.ndarray:
     """Perspective matrix (not transposed) mapping view space to clip space (z in [0, 1]).
 
-    The principal point ``(cx, cy)`` (pixels, pixel centres at integers) shifts the frustum:
-    ``P[0,2] = (2 cx + 1) / W - 1`` and ``P[1,2] = (2 cy + 1) / H - 1`` (0 when centred).
+    The principal point ``(cx, cy)`` (NeRF/COLMAP convention: pixel i covers [i, i + 1), centred
+    at ``W / 2``) shifts the frustum: ``P[0,2] = 2 cx / W - 1`` and ``P[1,2] = 2 cy / H - 1``.
     """
     p = np.zeros((4, 4), dtype=np.float64)
     p[0, 0] = 1.0 / math.tan(fovx / 2.0)
     p[1, 1] = 1.0 / math.tan(fovy / 2.0)
     if cx is not None and width:
-        p[0, 2] = (2.0 * cx + 1.0) / width - 1.0
+        p[0, 2] = 2.0 * cx / width - 1.0
     if cy is not None and height:
-        p[1, 2] = (2.0 * cy + 1.0) / height - 1.0
+        p[1, 2] = 2.0 * cy / height - 1.0
     p[2, 2] = zfar / (zfar - znear)
     p[2, 3] = -zfar * znear / (zfar - znear)
     p[3, 2] = 1.0
