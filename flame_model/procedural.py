@@ -436,9 +436,10 @@ def make_regions(pos, grid, r_m, m, C, gid, dup, eye_ids, pocket_ids, inner_up, 
 
 
 # ----------------------------------------------------------------------------- blend shapes
-def smooth_basis(p: np.ndarray, rng: np.random.Generator, n_rbf: int) -> np.ndarray:
-    """Smooth scalar functions of position: monomials up to degree 2 plus Gaussian RBFs."""
-    q = (p - CENTER) / 0.1
+def smooth_basis(p: np.ndarray, rng: np.random.Generator, n_rbf: int, center: np.ndarray = CENTER) -> np.ndarray:
+    """Smooth scalar functions of position: monomials up to degree 2 plus Gaussian RBFs (positions
+    relative to ``center``, in units of 10 cm)."""
+    q = (p - center) / 0.1
     feats = []
     for a in range(3):
         for b in range(3 - a):
@@ -454,7 +455,13 @@ def smooth_basis(p: np.ndarray, rng: np.random.Generator, n_rbf: int) -> np.ndar
 def identity_shapedirs(mesh: HeadMesh, rng: np.random.Generator, n: int = 300) -> np.ndarray:
     """``n`` smooth random displacement fields (random mixtures of the smooth basis, each scaled to
     a decaying RMS so the first components matter most; eyeballs move rigidly)."""
-    phi = smooth_basis(mesh.proxy, rng, 160)                   # (V, K)
+    return smooth_displacement_fields(mesh.proxy, rng, n, CENTER)
+
+
+def smooth_displacement_fields(proxy: np.ndarray, rng: np.random.Generator, n: int, center: np.ndarray) -> np.ndarray:
+    """``n`` identity fields evaluated at ``proxy`` positions (V,3): vertices sharing a proxy
+    position (an eyeball's, all at its centre) move together."""
+    phi = smooth_basis(proxy, rng, 160, center)                # (V, K)
     phi = phi / np.sqrt((phi ** 2).mean(0, keepdims=True))     # unit RMS per function
     K = phi.shape[1]
     comps = np.einsum("vk,kcn->vcn", phi, rng.standard_normal((K, 3, n)))
@@ -669,6 +676,15 @@ def generate(seed: int = 0, with_texture: bool = True) -> ProceduralAssets:
     return ProceduralAssets(model=model, masks=dict(mesh.regions), mesh=mesh, texture=texture)
 
 
+def write_model_pickles(out: Path, model: Dict[str, object], masks: Dict[str, np.ndarray]) -> None:
+    """``out/flame2023.pkl`` and ``out/FLAME_masks.pkl`` in the official files' layout (atomically)."""
+    for name, obj in (("flame2023.pkl", model), ("FLAME_masks.pkl", masks)):
+        tmp = out / (name + ".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(obj, fh, protocol=4)
+        os.replace(tmp, out / name)
+
+
 def write_assets(out_dir: os.PathLike | str, seed: int = 0, with_texture: bool = True) -> Path:
     """Write flame2023.pkl, FLAME_masks.pkl, head_template.obj (+ .mtl) and texture.png to out_dir
     (``with_texture=False``: the two pickles and the OBJ only, faster for tests)."""
@@ -676,11 +692,7 @@ def write_assets(out_dir: os.PathLike | str, seed: int = 0, with_texture: bool =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     assets = generate(seed, with_texture=with_texture)
-    for name, obj in (("flame2023.pkl", assets.model), ("FLAME_masks.pkl", assets.masks)):
-        tmp = out / (name + ".tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(obj, fh, protocol=4)
-        os.replace(tmp, out / name)
+    write_model_pickles(out, assets.model, assets.masks)
     m = assets.mesh
     write_obj(out / "head_template.obj", m.verts, m.faces, m.uvs, m.tfaces, mtl_texture="texture.png")
     if assets.texture is not None:
