@@ -23,7 +23,7 @@ import numpy as np
 from gaussian_renderer.avatar_engine import AvatarEngine, AvatarLoadError, RenderOptions
 from gaussian_renderer.motion import (KEY_WIDTH, Keyframe, MotionError, interpolate_keyframes, motion_frame,
                                       motion_length, save_motion)
-from utils.viewer_camera import OrbitCamera
+from viewer.camera import OrbitCamera
 
 NUM_EXPR_SLIDERS = 10
 POSE_SLIDERS = (("rotation", "global rotation", 0.7), ("neck_pose", "neck", 0.7),

@@ -20,31 +20,10 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from utils.viewer_camera import OrbitCamera
-
-
-def _load_protocol():
-    """``gaussian_renderer.viewer_protocol`` without running ``gaussian_renderer/__init__``
-    (which imports torch and the rasterizer): the viewer needs only NumPy, Pillow, DearPyGui."""
-    import importlib.util
-
-    name = "gaussian_renderer.viewer_protocol"
-    if name in sys.modules:
-        return sys.modules[name]
-    if "gaussian_renderer" in sys.modules:
-        return importlib.import_module(name)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gaussian_renderer", "viewer_protocol.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_vp = _load_protocol()
-TRAINER_TO_VIEWER, MsgType, PeerClosed, ProtocolError = _vp.TRAINER_TO_VIEWER, _vp.MsgType, _vp.PeerClosed, _vp.ProtocolError
-RenderRequest, Status, read_message = _vp.RenderRequest, _vp.Status, _vp.read_message
-decode_error, decode_frame, decode_status, encode_bye = _vp.decode_error, _vp.decode_frame, _vp.decode_status, _vp.encode_bye
+from viewer.camera import OrbitCamera
+# viewer/ imports nothing on its own and the protocol needs NumPy and Pillow only: no torch here
+from viewer.protocol import (TRAINER_TO_VIEWER, MsgType, PeerClosed, ProtocolError, RenderRequest, Status,
+                             decode_error, decode_frame, decode_status, encode_bye, read_message)
 
 PANEL_WIDTH = 330
 PANEL_MIN_HEIGHT = 600

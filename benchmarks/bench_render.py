@@ -49,7 +49,7 @@ def engine_fps(model: str, width: int, height: int, frames: int, device: str, sp
     the same frame (render only), both with the image left on the device; and the viewer's path
     (new frame, image copied to the host as float32)."""
     from gaussian_renderer.avatar_engine import AvatarEngine, RenderOptions
-    from utils.viewer_camera import OrbitCamera
+    from viewer.camera import OrbitCamera
 
     engine = AvatarEngine(model, device=device)
     if splats and engine.bound:

@@ -4,7 +4,7 @@
     python benchmarks/bench_training.py [--subject DIR] [--width 802 --height 550 --timesteps 40]
         [--iterations 3000] [--densify_from 500 --densify_every 500] [--stage_iterations 300]
 
-Two runs of the real ``train.Trainer`` (the same code ``train.py`` runs): one without timing,
+Two runs of the real ``training.trainer.Trainer`` (the same code ``train.py`` runs): one without timing,
 whose wall time gives it/s (the loop never synchronises except every LOG_EVERY iterations), and a
 shorter one with CUDA-event stage timing (camera+mesh, render, loss, backward, densify, step).
 The subject is generated with ``scene.synthetic`` (procedural FLAME head) when not given.
@@ -44,6 +44,7 @@ def make_subject(out: str, width: int, height: int, timesteps: int) -> str:
 def run_training(subject: str, model_dir: str, iterations: int, args: argparse.Namespace, timed: bool,
                  evaluate: bool = False):
     import train
+    from training.trainer import Trainer
 
     argv = ["-s", subject, "-m", model_dir, "--eval", "--white_background", "--bind_to_mesh", "--quiet",
             "--iterations", str(iterations), "--port", "0", "--interval", "0", "--overwrite",
@@ -63,7 +64,7 @@ def run_training(subject: str, model_dir: str, iterations: int, args: argparse.N
     dataset, opt, pipe = ModelParams.extract(ns), OptimizationParams.extract(ns), PipelineParams.extract(ns)
     run = train.RunOptions.from_args(ns)
     t_setup = time.perf_counter()
-    trainer = train.Trainer(dataset, opt, pipe, run, ns)
+    trainer = Trainer(dataset, opt, pipe, run, ns)
     setup_s = time.perf_counter() - t_setup
     trainer.timer.enabled = timed
     trainer.timer.cuda = timed and trainer.device.type == "cuda"

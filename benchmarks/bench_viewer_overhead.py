@@ -31,7 +31,7 @@ for sub in ("", os.path.join("submodules", "diff-gaussian-rasterization"), os.pa
 
 import torch  # noqa: E402
 
-from gaussian_renderer.network_gui import DemoGaussians, DemoPipe, ServerConfig, ViewerServer  # noqa: E402
+from viewer.server import DemoGaussians, DemoPipe, ServerConfig, ViewerServer  # noqa: E402
 
 
 def per_call_us(server: ViewerServer, calls: int) -> float:
@@ -66,6 +66,7 @@ def bench_handle(calls: int) -> None:
 def bench_training(iterations: int, repeats: int) -> None:
     try:
         import train
+        from training.trainer import Trainer
     except ImportError as e:
         print(json.dumps({"case": "train.py", "skipped": f"train.py not importable ({e})"}))
         return
@@ -90,8 +91,8 @@ def bench_training(iterations: int, repeats: int) -> None:
                 "--flame_model_path", os.path.join(flame, "flame2023.pkl"),
                 "--flame_masks_path", os.path.join(flame, "FLAME_masks.pkl")]
         args = train.build_parser().parse_args(argv)
-        trainer = train.Trainer(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
-                                train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
+        trainer = Trainer(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
+                          train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
         t0 = time.perf_counter()
         trainer.train()
         return iterations / (time.perf_counter() - t0)

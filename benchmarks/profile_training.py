@@ -63,23 +63,23 @@ def main() -> int:
 def trace_steady_state(subject: str, model_dir: str, args: argparse.Namespace, activities: list) -> None:
     """Trace iterations trace_skip+1 .. trace_skip+trace_iterations of one run: the profiler's
     schedule advances once per optimizer step, so set-up and the first iterations are skipped."""
-    import train
+    from training.trainer import Trainer
 
     schedule = torch.profiler.schedule(wait=args.trace_skip, warmup=5, active=args.trace_iterations, repeat=1)
     prof = torch.profiler.profile(activities=activities, with_stack=True, schedule=schedule,
                                   on_trace_ready=lambda p: p.export_chrome_trace(args.trace))
-    original_step = train.Trainer.optimizer_step
+    original_step = Trainer.optimizer_step
 
     def stepping(self):  # type: ignore[no-untyped-def]
         original_step(self)
         prof.step()
 
-    train.Trainer.optimizer_step = stepping
+    Trainer.optimizer_step = stepping
     try:
         with prof:
             run_training(subject, model_dir, args.trace_skip + 5 + args.trace_iterations + 2, args, timed=False)
     finally:
-        train.Trainer.optimizer_step = original_step
+        Trainer.optimizer_step = original_step
 
 
 def report_syncs(subject: str, model_dir: str, args: argparse.Namespace, iterations: int = 30) -> None:

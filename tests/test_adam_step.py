@@ -1,11 +1,11 @@
-"""utils.adam_step.AdamStepper: the same update as ``torch.optim.Adam.step`` (fused CUDA Adam
+"""training.adam_step.AdamStepper: the same update as ``torch.optim.Adam.step`` (fused CUDA Adam
 through its kernels directly; the optimizer itself elsewhere)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from utils.adam_step import AdamStepper
+from training.adam_step import AdamStepper
 
 
 def _twin_optimizers(device: str, fused: bool):

@@ -42,7 +42,7 @@ def avatar_dir(small_subject, tmp_path_factory):
 
 
 def _front_camera(engine, width=96, height=66):
-    from utils.viewer_camera import OrbitCamera
+    from viewer.camera import OrbitCamera
 
     cam = OrbitCamera(width=width, height=height, fovy=20.0, radius=1.0, target=engine.head_center())
     return cam
@@ -102,7 +102,7 @@ def test_plain_ply_disables_flame(tmp_path):
     engine = AvatarEngine(str(ply), device="cpu")
     assert not engine.bound and engine.num_timesteps == 0
     assert any("FLAME controls disabled" in n for n in engine.info.notes)
-    from utils.viewer_camera import OrbitCamera
+    from viewer.camera import OrbitCamera
 
     image = engine.render(OrbitCamera(width=40, height=30, radius=1.0).minicam())
     assert image.shape == (30, 40, 3) and np.isfinite(image).all()

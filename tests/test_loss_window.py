@@ -1,4 +1,4 @@
-"""utils.loss_window.LossWindow: means and the first non-finite iteration against plain Python
+"""training.loss_window.LossWindow: means and the first non-finite iteration against plain Python
 bookkeeping; growth, key changes, errors; no host sync per recorded iteration on CUDA."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from utils.loss_window import LossWindow
+from training.loss_window import LossWindow
 
 
 def _losses(values):

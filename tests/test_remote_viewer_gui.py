@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_renderer import viewer_protocol as vp
-from gaussian_renderer.network_gui import (
+from viewer import protocol as vp
+from viewer.server import (
     DemoGaussians, DemoPipe, ServerConfig, ViewerServer, demo_render_fn, splat_points,
 )
-from utils.viewer_camera import OrbitCamera, look_at_w2c
+from viewer.camera import OrbitCamera, look_at_w2c
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""The training iteration captured as one CUDA graph (utils.step_graph) against the eager iteration.
+"""The training iteration captured as one CUDA graph (training.step_graph) against the eager iteration.
 
 Expectations are the eager code path of the same trainer: the same loss terms and gradients for
 the same camera and state, the same densification statistics, a skipped iteration that leaves
@@ -17,13 +17,14 @@ pytestmark = pytest.mark.cuda
 
 def _trainer(subject, flame_assets, tmp_path, *extra: str):
     import train
+    from training.trainer import Trainer
 
     argv = ["-s", str(subject), "-m", str(tmp_path / "model"), "--bind_to_mesh", "--eval", "--white_background",
             "--port", "0", "--quiet", "--interval", "0", "--iterations", "200", "--sh_degree", "1",
             "--flame_model_path", os.path.join(str(flame_assets), "flame2023.pkl"), *extra]
     ns = train.build_parser().parse_args(argv)
-    return train.Trainer(train.ModelParams.extract(ns), train.OptimizationParams.extract(ns),
-                         train.PipelineParams.extract(ns), train.RunOptions.from_args(ns), ns)
+    return Trainer(train.ModelParams.extract(ns), train.OptimizationParams.extract(ns),
+                   train.PipelineParams.extract(ns), train.RunOptions.from_args(ns), ns)
 
 
 def _named_params(g) -> Dict[str, torch.nn.Parameter]:
@@ -87,7 +88,7 @@ def test_graph_iteration_matches_eager(small_subject, flame_assets, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_short_pair_buffer_skips_the_step_and_trains_it_again(small_subject, flame_assets, tmp_path, monkeypatch):
-    import utils.step_graph as step_graph
+    import training.step_graph as step_graph
 
     trainer = _trainer(small_subject, flame_assets, tmp_path)
     sg, g = trainer.step_graph, trainer.gaussians

@@ -1,4 +1,4 @@
-"""Host-side pieces of utils.step_graph (no GPU needed): the camera row layout and the views the
+"""Host-side pieces of training.step_graph (no GPU needed): the camera row layout and the views the
 captured render reads, the pair-buffer plan, and the graph signature comparison."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils.step_graph import CAMERA_ROW, GraphStepCamera, _plan_capacity, _same, camera_row
+from training.step_graph import CAMERA_ROW, GraphStepCamera, _plan_capacity, _same, camera_row
 
 
 def _camera(cx=None, cy=None, timestep=3):

@@ -20,6 +20,8 @@ import pytest
 import torch
 
 import train
+from training.evaluator import lpips_weights_available
+from training.trainer import LAST_GOOD_CHECKPOINT, Trainer, TrainResult
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for test_scene under any import mode
 from test_scene import make_blender_scene  # noqa: E402
@@ -73,7 +75,7 @@ def flame_flags(flame_dir: str) -> List[str]:
     return flags
 
 
-def run_training(argv: Sequence[str]) -> "train.TrainResult":
+def run_training(argv: Sequence[str]) -> TrainResult:
     """Parse ``argv`` exactly as train.py does and train in-process."""
     args = train.build_parser().parse_args(list(argv))
     return train.training(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
@@ -174,7 +176,7 @@ def test_avatar_resume_matches_uninterrupted_run(subject, flame_dir, tmp_path):
     first = run_training(avatar_argv(subject, flame_dir, part, k, *extra, "--checkpoint_iterations", str(k), schedule=n))
     ckpt = os.path.join(part, f"chkpnt{k}.pth")
     assert first.checkpoints == [ckpt]
-    assert os.path.isfile(os.path.join(part, train.LAST_GOOD_CHECKPOINT))
+    assert os.path.isfile(os.path.join(part, LAST_GOOD_CHECKPOINT))
     resumed = run_training(avatar_argv(subject, flame_dir, part, n, *extra, "--start_checkpoint", ckpt, schedule=n))
     assert resumed.final_iteration == n
     _assert_same_model(full, part, n)
@@ -207,7 +209,7 @@ def test_plain_resume_matches_uninterrupted_run(blender, tmp_path):
 
 
 def test_checkpoint_holds_state_and_loads_weights_only(blender, tmp_path):
-    from utils.checkpoint import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     model = str(tmp_path / "m")
     result = run_training(blender_argv(blender, model, 20, "--checkpoint_iterations", "20", "--save_iterations", "10"))
@@ -268,15 +270,17 @@ def test_sigterm_saves_checkpoint_and_ply(blender, tmp_path):
     assert it >= 20
     assert os.path.isfile(os.path.join(model, "point_cloud", f"iteration_{it}", "point_cloud.ply"))
     assert "SIGTERM received" in "".join(seen)
-    from utils.checkpoint import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     assert load_checkpoint(os.path.join(model, ckpts[0])).iteration == it
     assert not [f for f in os.listdir(model) if f.endswith(".tmp")]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(blender, tmp_path, monkeypatch, capsys):
+    from training import trainer as trainer_module
+
     calls = {"n": 0}
-    real = train.compute_losses
+    real = trainer_module.compute_losses
 
     def poisoned(*args, **kwargs):
         losses = real(*args, **kwargs)
@@ -285,15 +289,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(blender, tmp_path, monkey
             losses["total"] = losses["total"] * float("nan")
         return losses
 
-    monkeypatch.setattr(train, "compute_losses", poisoned)
+    monkeypatch.setattr(trainer_module, "compute_losses", poisoned)
     model = str(tmp_path / "m")
     code = train.main(blender_argv(blender, model, 60, "--checkpoint_iterations", "10", "20", "30", "40"))
     err = capsys.readouterr().err
     assert code == 3
-    assert "NaN/Inf at iteration 25" in err and train.LAST_GOOD_CHECKPOINT in err
-    from utils.checkpoint import load_checkpoint
+    assert "NaN/Inf at iteration 25" in err and LAST_GOOD_CHECKPOINT in err
+    from training.checkpoint import load_checkpoint
 
-    good = load_checkpoint(os.path.join(model, train.LAST_GOOD_CHECKPOINT))
+    good = load_checkpoint(os.path.join(model, LAST_GOOD_CHECKPOINT))
     assert good.iteration == 20
     assert torch.isfinite(good.model["xyz"]).all()
     assert not os.path.exists(os.path.join(model, "chkpnt30.pth"))
@@ -405,7 +409,7 @@ def test_evaluation_and_save_precede_the_opacity_reset(blender, tmp_path):
 
 
 class FakeViewer:
-    """Stands in for gaussian_renderer.network_gui.ViewerServer: pauses once at iteration 3."""
+    """Stands in for viewer.server.ViewerServer: pauses once at iteration 3."""
 
     def __init__(self):
         self.handled: List[int] = []
@@ -429,7 +433,7 @@ class FakeViewer:
 
 
 def test_viewer_link_is_served_every_iteration(blender, tmp_path, monkeypatch):
-    from gaussian_renderer import network_gui
+    from viewer.server import ViewerServer
 
     fake = FakeViewer()
     started = {}
@@ -438,7 +442,7 @@ def test_viewer_link_is_served_every_iteration(blender, tmp_path, monkeypatch):
         started.update(ip=ip, port=port, quiet=quiet)
         return fake
 
-    monkeypatch.setattr(network_gui.ViewerServer, "start", staticmethod(start))
+    monkeypatch.setattr(ViewerServer, "start", staticmethod(start))
     argv = blender_argv(blender, str(tmp_path / "m"), 5)
     argv[argv.index("--port") + 1] = "60123"
     run_training(argv)
@@ -471,7 +475,7 @@ def test_psnr_matches_definition():
 def test_rng_state_round_trip():
     import random
 
-    from utils.checkpoint import capture_rng_state, restore_rng_state
+    from training.checkpoint import capture_rng_state, restore_rng_state
 
     state = capture_rng_state()
     first = (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(), random.gauss(0, 1))
@@ -481,7 +485,7 @@ def test_rng_state_round_trip():
 
 
 def test_load_checkpoint_rejects_bad_files(tmp_path):
-    from utils.checkpoint import CheckpointError, load_checkpoint
+    from training.checkpoint import CheckpointError, load_checkpoint
 
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "none.pth"))
@@ -512,18 +516,18 @@ def test_lpips_needs_local_weights(tmp_path, monkeypatch):
     from torchvision.models import VGG16_Weights
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert train.lpips_weights_available() is False
+    assert lpips_weights_available() is False
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)).write_bytes(b"x")
-    assert train.lpips_weights_available() is True
+    assert lpips_weights_available() is True
 
 
 def test_stage_timer_reports_every_stage(blender, tmp_path):
     from utils.timing import StageTimer
 
     args = train.build_parser().parse_args(blender_argv(blender, str(tmp_path / "m"), 4))
-    trainer = train.Trainer(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
-                            train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
+    trainer = Trainer(train.ModelParams.extract(args), train.OptimizationParams.extract(args),
+                      train.PipelineParams.extract(args), train.RunOptions.from_args(args), args)
     trainer.timer = StageTimer(enabled=True, device=trainer.device)
     result = trainer.train()
     assert set(result.stage_ms) == {"camera_mesh", "render", "loss", "backward", "densify", "step"}

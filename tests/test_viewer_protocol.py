@@ -1,4 +1,4 @@
-"""Remote viewer wire protocol (gaussian_renderer.viewer_protocol): framing, validation,
+"""Remote viewer wire protocol (viewer.protocol): framing, validation,
 partial reads. CPU only, no torch needed."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from gaussian_renderer import viewer_protocol as vp
+from viewer import protocol as vp
 
 
 def _request(**kw) -> vp.RenderRequest:

@@ -1,4 +1,4 @@
-"""Trainer side of the remote viewer link (protocol: ``viewer_protocol`` / docs/PROTOCOL.md).
+"""Trainer side of the remote viewer link (protocol: ``viewer.protocol`` / docs/PROTOCOL.md).
 
 Usage in a training loop::
 
@@ -35,7 +35,7 @@ from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import numpy as np
 
-from gaussian_renderer.viewer_protocol import (
+from viewer.protocol import (
     VIEWER_TO_TRAINER, MsgType, ProtocolError, RenderRequest, Status, StreamDecoder,
     decode_request, encode_error, encode_frame, encode_status,
 )
@@ -511,7 +511,7 @@ def _model_device(gaussians: Any) -> Any:
 def _request_camera(req: RenderRequest, device: Any) -> Any:
     import torch
 
-    from utils.viewer_camera import make_minicam
+    from viewer.camera import make_minicam
 
     wvt = torch.tensor(req.world_view_transform, dtype=torch.float32, device=device)
     fpt = torch.tensor(req.full_proj_transform, dtype=torch.float32, device=device)
@@ -529,7 +529,7 @@ def _default_render() -> RenderFn:
 
 # ---------------------------------------------------------------------------------------------
 # Demo model: check the viewer link (or an SSH tunnel) without training anything.
-#   python -m gaussian_renderer.network_gui --demo --port 60000
+#   python -m viewer.server --demo --port 60000
 
 SH_C0 = 0.28209479177387814
 

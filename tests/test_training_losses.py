@@ -1,4 +1,4 @@
-"""utils.training_loss: the one-node training loss against its autograd composition (values and
+"""training.losses: the one-node training loss against its autograd composition (values and
 gradients, float64), finite differences, per-term upstream gradients, edge cases, and on CUDA the
 fused-SSIM path against the reference."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.training_loss import LossWeights, composed_terms, training_terms
+from training.losses import LossWeights, composed_terms, training_terms
 
 W = LossWeights(l1=0.8, ssim=0.2, xyz=1e-2, xyz_threshold=1.0, scale=1.0, scale_threshold=0.6)
 
@@ -144,9 +144,9 @@ def test_cuda_fused_ssim_path_matches_reference():
 
 @pytest.mark.parametrize("metric", [False, True])
 def test_train_compute_losses_matches_the_model_regularisers(metric):
-    """train.compute_losses (fused node, or autograd for the metric variants) against the loss
+    """training.losses.compute_losses (fused node, or autograd for the metric variants) against the loss
     spelt out with the model's own regulariser methods: values and gradients of every parameter."""
-    import train
+    from training import losses as training_losses
     from arguments import OptimizationParams
     from test_flame_gaussian_model import make_model, randomize
     from ga_ssim import reference
@@ -165,7 +165,7 @@ def test_train_compute_losses_matches_the_model_regularisers(metric):
     gt = torch.rand(3, 9, 11, generator=gen)
     vis = torch.rand(g.num_points, generator=gen) > 0.4
 
-    losses = train.compute_losses(image, gt, g, opt, vis, 1)
+    losses = training_losses.compute_losses(image, gt, g, opt, vis, 1)
     assert list(losses) == ["l1", "ssim", "xyz", "scale", "total"]
     got = torch.autograd.grad(losses["total"], [image, g._xyz, g._scaling])
 
@@ -207,7 +207,7 @@ def test_cuda_native_path_matches_composition(weights):
     every weight pattern, a zero-norm and an on-threshold splat, some / no / all splats visible."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from utils.training_loss import native_module
+    from training.losses import native_module
 
     assert native_module() is not None, "ga_ssim._C lacks training_terms_forward (rebuild the package)"
     image, gt, xyz, scaling, mask = _inputs(n=64, h=37, w=41, dtype=torch.float32, device="cuda", seed=17)
@@ -231,7 +231,7 @@ def test_cuda_native_path_matches_composition(weights):
 def test_train_compute_losses_without_ga_ssim_matches(monkeypatch):
     """Where ga_ssim is not importable, compute_losses composes every term from autograd
     operators: same keys, values and gradients as the fused node."""
-    import train
+    from training import losses as training_losses
     from arguments import OptimizationParams
     from test_flame_gaussian_model import make_model, randomize
 
@@ -245,10 +245,10 @@ def test_train_compute_losses_without_ga_ssim_matches(monkeypatch):
     gt = torch.rand(3, 9, 11, generator=gen)
     vis = torch.rand(g.num_points, generator=gen) > 0.5
 
-    fused = train.compute_losses(image, gt, g, opt, vis, 1)
+    fused = training_losses.compute_losses(image, gt, g, opt, vis, 1)
     want = torch.autograd.grad(fused["total"], [image, g._xyz, g._scaling])
-    monkeypatch.setattr(train, "_fused_terms_available", lambda: False)
-    plain = train.compute_losses(image, gt, g, opt, vis, 1)
+    monkeypatch.setattr(training_losses, "_fused_terms_available", lambda: False)
+    plain = training_losses.compute_losses(image, gt, g, opt, vis, 1)
     assert list(plain) == list(fused)
     for k in fused:
         torch.testing.assert_close(plain[k].detach(), fused[k].detach(), rtol=1e-5, atol=1e-7)
@@ -260,7 +260,7 @@ def test_train_compute_losses_without_ga_ssim_matches(monkeypatch):
 def test_train_compute_losses_adds_the_offset_terms_to_the_total():
     """Offset regularisers (autograd operators) join the fused node's sum: the total is the sum
     of every listed term, and their gradients reach the FLAME offsets."""
-    import train
+    from training import losses as training_losses
     from arguments import OptimizationParams
     from test_flame_gaussian_model import make_model, randomize
 
@@ -275,7 +275,7 @@ def test_train_compute_losses_adds_the_offset_terms_to_the_total():
     image = torch.rand(3, 9, 11, generator=gen, requires_grad=True)
     gt = torch.rand(3, 9, 11, generator=gen)
     vis = torch.ones(g.num_points, dtype=torch.bool)
-    losses = train.compute_losses(image, gt, g, opt, vis, 1)
+    losses = training_losses.compute_losses(image, gt, g, opt, vis, 1)
     assert list(losses) == ["l1", "ssim", "xyz", "scale", "dy_off", "dynamic_offset_std", "total"]
     parts = sum(v.detach() for k, v in losses.items() if k != "total")
     torch.testing.assert_close(losses["total"].detach(), parts, rtol=1e-6, atol=1e-8)

@@ -1,4 +1,4 @@
-"""Trainer side of the remote viewer link (gaussian_renderer.network_gui.ViewerServer).
+"""Trainer side of the remote viewer link (viewer.server.ViewerServer).
 
 A small fake training loop (a trainable stand-in model with timesteps, optimised with Adam and
 drawing from torch's global RNG like real training) is driven in a thread while clients connect,
@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from gaussian_renderer import viewer_protocol as vp
-from gaussian_renderer.network_gui import (
+from viewer import protocol as vp
+from viewer.server import (
     DemoGaussians, DemoPipe, ServerConfig, ViewerServer, splat_points,
 )
-from utils.viewer_camera import OrbitCamera
+from viewer.camera import OrbitCamera
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ServerConfig(poll_interval_s=0.0, read_timeout_s=0.5, write_timeout_s=0.5, idle_timeout_s=5.0,
@@ -138,7 +138,7 @@ def read_until_eof(s: socket.socket, limit: float = 5.0) -> bytes:
 
 
 def expected_image(req: vp.RenderRequest, model: DemoGaussians, timestep: int, original: bool) -> np.ndarray:
-    from utils.viewer_camera import make_minicam
+    from viewer.camera import make_minicam
 
     model.select_mesh_by_timestep(timestep, original=original)
     cam = make_minicam(req.width, req.height, req.fovy, req.fovx, req.znear, req.zfar,

@@ -1,6 +1,8 @@
-"""The per-iteration training loss of GaussianAvatars (SPEC 5) as one autograd node.
+"""The per-iteration training loss of GaussianAvatars (SPEC 5).
 
-:func:`training_terms` returns the four weighted terms
+:func:`compute_losses` is the loss the trainer optimises: the image terms and the default
+regularisers of mesh-bound models through one autograd node, the other terms added by autograd
+operators. :func:`training_terms`, that node, returns the four weighted terms
 
     [ (1 - lambda_dssim) L1(image, gt),
       lambda_dssim (1 - SSIM(image, gt)),
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["LossWeights", "TERM_NAMES", "training_terms", "composed_terms", "native_module"]
+from arguments import OptimizationParams
+
+__all__ = ["LossWeights", "TERM_NAMES", "training_terms", "composed_terms", "native_module", "compute_losses",
+           "gt_image_on", "is_bound"]
 
 TERM_NAMES = ("l1", "ssim", "xyz", "scale")
 
@@ -195,3 +200,86 @@ def composed_terms(image: Tensor, gt: Tensor, weights: LossWeights, xyz: Optiona
     s_term = zero if scaling is None else \
         (torch.relu(torch.exp(scaling) - weights.scale_threshold).norm(dim=1) * w).sum() / count * weights.scale
     return torch.stack([l1, ssim, x_term, s_term])
+
+
+# ------------------------------------------------------------------------------------------
+# The trainer's loss
+# ------------------------------------------------------------------------------------------
+
+def is_bound(gaussians: Any) -> bool:
+    return getattr(gaussians, "binding", None) is not None
+
+
+def gt_image_on(cam: Any, device: torch.device) -> torch.Tensor:
+    """The camera's ground truth as float (3,H,W) on ``device``: the cached uint8 image is moved
+    first (a quarter of the bytes) and converted there."""
+    img = cam.image_uint8
+    if img.device != device:
+        img = img.to(device, non_blocking=True)
+    return img.float().div_(255.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_terms_available() -> bool:
+    try:
+        import ga_ssim  # noqa: F401  (its reference serves where the kernels are not built)
+    except ImportError:
+        return False
+    return True
+
+
+def compute_losses(image: torch.Tensor, gt_image: torch.Tensor, gaussians: Any, opt: OptimizationParams,
+                   visibility_filter: torch.Tensor, timestep: Optional[int]) -> Dict[str, torch.Tensor]:
+    """Image loss (1-λ) L1 + λ (1-SSIM) plus the regularisers of mesh-bound models (SPEC 5).
+
+    The image terms and the default (local, non-metric) position and scale regularisers are one
+    autograd node (:func:`training_terms`); metric variants and the offset/Laplacian terms
+    are added by autograd operators."""
+    from utils import loss_utils
+
+    bound = is_bound(gaussians)
+    vis = visibility_filter
+    use_fused = _fused_terms_available()
+    fuse_xyz = use_fused and bound and opt.lambda_xyz != 0 and not opt.metric_xyz
+    fuse_scale = use_fused and bound and opt.lambda_scale != 0 and not opt.metric_scale
+    losses: Dict[str, torch.Tensor] = {}
+    outside: List[torch.Tensor] = []  # terms from autograd operators, added to the fused node's sum
+
+    def composed(name: str, value: torch.Tensor) -> None:
+        losses[name] = value
+        outside.append(value)
+
+    fused = None
+    if use_fused:
+        weights = LossWeights(l1=1.0 - opt.lambda_dssim, ssim=opt.lambda_dssim,
+                              xyz=opt.lambda_xyz if fuse_xyz else 0.0, xyz_threshold=opt.threshold_xyz,
+                              scale=opt.lambda_scale if fuse_scale else 0.0, scale_threshold=opt.threshold_scale)
+        fused = training_terms(image, gt_image, weights, xyz=gaussians._xyz if fuse_xyz else None,
+                               scaling=gaussians._scaling if fuse_scale else None, mask=vis if bound else None)
+        losses["l1"], losses["ssim"] = fused[0], fused[1]
+    else:
+        composed("l1", loss_utils.l1_loss(image, gt_image) * (1.0 - opt.lambda_dssim))
+        composed("ssim", (1.0 - loss_utils.ssim(image, gt_image)) * opt.lambda_dssim)
+    if bound:
+        if fuse_xyz:
+            losses["xyz"] = fused[2]
+        elif opt.lambda_xyz != 0:
+            composed("xyz", gaussians.compute_xyz_loss(opt.threshold_xyz, metric=opt.metric_xyz, mask=vis)
+                     * opt.lambda_xyz)
+        if fuse_scale:
+            losses["scale"] = fused[3]
+        elif opt.lambda_scale != 0:
+            composed("scale", gaussians.compute_scale_loss(opt.threshold_scale, metric=opt.metric_scale, mask=vis)
+                     * opt.lambda_scale)
+        if opt.lambda_dynamic_offset != 0:
+            composed("dy_off", gaussians.compute_dynamic_offset_loss() * opt.lambda_dynamic_offset)
+        if opt.lambda_dynamic_offset_std != 0:
+            composed("dynamic_offset_std",
+                     gaussians.compute_dynamic_offset_std_loss() * opt.lambda_dynamic_offset_std)
+        if opt.lambda_laplacian != 0:
+            composed("lap", gaussians.compute_laplacian_loss() * opt.lambda_laplacian)
+    total = fused.sum() if fused is not None else None
+    for value in outside:
+        total = value if total is None else total + value
+    losses["total"] = total
+    return losses

@@ -31,7 +31,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
 
-from utils.adam_step import GraphableAdamStep
+from training.adam_step import GraphableAdamStep
 
 __all__ = ["TrainStepGraph", "GraphStepCamera", "CAMERA_ROW"]
 
