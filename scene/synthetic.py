@@ -364,6 +364,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--batch_timesteps", type=int, default=0)
     p.add_argument("--supersample", type=int, default=1,
                    help="render at S x the resolution and average down (anti-aliased silhouettes)")
+    p.add_argument("--fill", type=float, default=0.6, help="head height as a fraction of the image height")
     p.add_argument("--principal_jitter", type=float, default=0.02,
                    help="principal points off centre by up to this fraction of the size (0: centred, cx = W/2)")
     p.add_argument("--focal_jitter", type=float, default=0.01,
@@ -376,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     cfg = SyntheticConfig(out=a.out, flame_dir=a.flame_dir, width=a.width, height=a.height,
                           num_cameras=a.num_cameras, num_timesteps=a.num_timesteps, test_fraction=a.test_fraction,
                           seed=a.seed, device=a.device, batch_timesteps=a.batch_timesteps, supersample=a.supersample,
-                          principal_jitter=a.principal_jitter, focal_jitter=a.focal_jitter, teeth=a.teeth,
+                          fill=a.fill, principal_jitter=a.principal_jitter, focal_jitter=a.focal_jitter, teeth=a.teeth,
                           progress=not a.quiet)
     info = generate(cfg)
     print(f"wrote {a.out}: {info['num_cameras']} cameras x {info['num_timesteps']} timesteps at "
