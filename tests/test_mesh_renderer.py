@@ -21,8 +21,10 @@ def _cam(R=np.eye(3), T=np.zeros(3), w=W, h=H):
 
 
 def _unproject(uv, z):
-    """Pixel coordinates at depth z -> camera/world coords (identity pose)."""
-    uv = np.asarray(uv, dtype=np.float64)
+    """Pixel-index coordinates (pixel (i, j) centred at (i, j)) at depth z -> camera/world coords
+    (identity pose). The camera's principal point is in the NeRF/COLMAP convention, where pixel i
+    covers [i, i + 1), so pixel index i sits at i + 0.5 there."""
+    uv = np.asarray(uv, dtype=np.float64) + 0.5
     return np.stack([(uv[:, 0] - CX) * z / FX, (uv[:, 1] - CY) * z / FY, np.full(len(uv), z)], 1)
 
 
@@ -85,7 +87,7 @@ def test_perspective_correct_interpolation():
     d = n @ tri[0]
     ys, xs = np.nonzero(out.rgba[3].numpy() > 0)
     assert len(xs) > 200
-    rays = np.stack([(xs - CX) / FX, (ys - CY) / FY, np.ones_like(xs, dtype=float)], 1)
+    rays = np.stack([(xs + 0.5 - CX) / FX, (ys + 0.5 - CY) / FY, np.ones_like(xs, dtype=float)], 1)
     t = d / (rays @ n)
     P = rays * t[:, None]
     assert np.allclose(out.depth.numpy()[ys, xs], P[:, 2], rtol=1e-4)
@@ -137,7 +139,7 @@ def test_lambert_head_light_and_overlay():
     m = out.rgba[3] > 0
     # facing the camera: n.l = cos(angle between the ray and the optical axis)
     ys, xs = torch.nonzero(m, as_tuple=True)
-    rays = torch.stack([(xs - CX) / FX, (ys - CY) / FY, torch.ones_like(xs, dtype=torch.float32)], 1)
+    rays = torch.stack([(xs + 0.5 - CX) / FX, (ys + 0.5 - CY) / FY, torch.ones_like(xs, dtype=torch.float32)], 1)
     cosang = 1.0 / rays.norm(dim=1)
     assert torch.allclose(out.rgba[0][m], 0.2 + 0.8 * cosang, atol=1e-4)
     img = torch.zeros(3, H, W)

@@ -27,7 +27,8 @@ def test_camera_row_round_trips_through_the_render_views():
     assert torch.equal(view.world_view_transform, cam.world_view_transform)  # float32 -> float64 -> float32
     assert torch.equal(view.full_proj_transform, cam.full_proj_transform)
     assert torch.equal(view.camera_center, cam.camera_center)
-    assert view.intrinsics.tolist() == [math.tan(0.61 * 0.5), math.tan(0.47 * 0.5), 401.25, 270.5]
+    # the rasterizer's principal point: the camera's (NeRF convention) moved to integer pixel centres
+    assert view.intrinsics.tolist() == [math.tan(0.61 * 0.5), math.tan(0.47 * 0.5), 400.75, 270.0]
     assert view.timestep.dtype == torch.long and view.timestep.tolist() == [3]
     assert (view.image_height, view.image_width) == (550, 802)
 
