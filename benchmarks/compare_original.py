@@ -52,8 +52,9 @@ SPLITS = ("val", "test")
 
 @dataclass
 class Side:
-    name: str                     # "original", "ours" or "ours-<variant>"
+    name: str                     # "original", "ours", "ours-<variant>" or "before"
     extra: List[str] = field(default_factory=list)
+    root: Path = ROOT             # the checkout whose train.py / render.py this side runs
 
     @property
     def is_original(self) -> bool:
@@ -93,10 +94,11 @@ def _original_env(cfg: Config) -> Dict[str, str]:
     return env
 
 
-def _ours_env() -> Dict[str, str]:
+def _ours_env(root: Path = ROOT) -> Dict[str, str]:
+    """Our side's environment: ``root``'s Python code over this checkout's built CUDA packages."""
     env = dict(os.environ)
     subs = [str(p) for p in sorted((ROOT / "submodules").iterdir()) if (p / "setup.py").is_file()]
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + subs + [env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + subs + [env.get("PYTHONPATH", "")])
     return env
 
 
@@ -125,12 +127,14 @@ def train_and_render(cfg: Config, side: Side, seed: int, port: int) -> Dict:
                  "--reseed_after", "utils.general_utils:safe_state", str(cfg.original / "train.py")] + common
         render = [cfg.python, str(cfg.original / "render.py"), "-m", str(m), "--skip_train"]
     else:
-        cwd, env = ROOT, _ours_env()
-        train = [cfg.python, str(SEEDED), "--stats", str(stats), str(ROOT / "train.py")] + common + [
+        cwd, env = side.root, _ours_env(side.root)
+        train = [cfg.python, str(SEEDED), "--stats", str(stats), str(side.root / "train.py")] + common + [
             "--seed", str(seed)] + _flame_flags(cfg) + side.extra
-        render = [cfg.python, str(ROOT / "render.py"), "-m", str(m), "--skip_train", "--no_video", "--quiet"] + \
-            _flame_flags(cfg)
+        render = [cfg.python, str(side.root / "render.py"), "-m", str(m), "--skip_train", "--no_video",
+                  "--quiet"] + _flame_flags(cfg)
     if not (m / "results.json").is_file():
+        if m.exists():          # an unfinished run (a call cut short): start it again
+            shutil.rmtree(m)
         t0 = time.perf_counter()
         rc = _run(train, logs / f"seed{seed}_train.log", cwd, env)
         record["train_rc"] = rc
@@ -224,11 +228,13 @@ def read_run_stats(stats: Path, log: Path, iterations: int) -> Dict:
         out["wall_s"] = s["wall_s"]
         out["peak_memory_gib"] = s["peak_memory_bytes"] / 2 ** 30
         out["it_per_s_wall"] = iterations / s["wall_s"] if s["wall_s"] > 0 else None
-    if log.is_file():   # the last tqdm rate of the training bar, where it printed one
+    if log.is_file():   # the training bar's rate when it first reached the last iteration
         import re
-        rates = re.findall(r"(\d+(?:\.\d+)?)it/s", log.read_text(errors="replace"))
-        if rates:
-            out["it_per_s_bar"] = float(rates[-1])
+        for done, total, rate in re.findall(r"(\d+)/(\d+) \[[^\]]*?(\d+(?:\.\d+)?)it/s",
+                                            log.read_text(errors="replace")):
+            if done == total == str(iterations):
+                out["it_per_s_bar"] = float(rate)
+                break
     return out
 
 
@@ -339,6 +345,8 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
     ap.add_argument("--parallel", type=int, default=5, help="runs at a time per side")
     ap.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                     help="an extra side of ours trained with these flags")
+    ap.add_argument("--before_root", type=Path, default=None,
+                    help="an older checkout of ours (Python code only) trained as side 'before'")
     ap.add_argument("--skip_original", action="store_true")
     ap.add_argument("--skip_ours", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="retrain runs already in OUT")
@@ -354,6 +362,10 @@ def parse_args(argv: Optional[List[str]] = None) -> Config:
         sides.append(Side("original"))
     if not a.skip_ours:
         sides.append(Side("ours"))
+    if a.before_root is not None:
+        if not (a.before_root / "train.py").is_file():
+            raise SystemExit(f"--before_root {a.before_root} has no train.py")
+        sides.append(Side("before", root=a.before_root.resolve()))
     for v in a.variant:
         name, sep, flags = v.partition("=")
         if not sep or not name:
