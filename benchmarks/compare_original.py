@@ -89,8 +89,9 @@ def _run(cmd: List[str], log: Path, cwd: Path, env: Dict[str, str]) -> int:
 def _original_env(cfg: Config) -> Dict[str, str]:
     o = cfg.original
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (
-        o / "stubs", o, o / "submodules" / "diff-gaussian-rasterization", o / "submodules" / "simple-knn"))
+    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in (
+        o / "stubs", o, o / "submodules" / "diff-gaussian-rasterization", o / "submodules" / "simple-knn")]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
 

@@ -3,7 +3,8 @@
 # build ours and the original, rig FLAME's template mesh, generate the subject, train and score.
 #   bash scripts/gpu_compare.sh [STAGE...]      stages: build subject compare (default: all three)
 # Needs, in the repository (git-ignored, carried to the device machine):
-#   .original/        the original, assembled by ../shared/original/assemble.sh (not built yet is fine)
+#   .original/        the original, assembled by ../shared/original/assemble.sh (copied to /tmp/original
+#                     and built there)
 #   .whl/             wheels of roma and plyfile (the device image lacks them)
 # Honoured: GPU_COMPARE_ARGS (extra compare_original.py flags, e.g. "--variant x='--flag'"),
 #   GPU_COMPARE_SEEDS (default "0 1 2 3 4"), GPU_COMPARE_SCHEDULE (default the 6k schedule),
@@ -22,6 +23,7 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build subject compare)
 has() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 RIG=/tmp/flame_rig SUBJ=/tmp/subject_802 RUN=/tmp/${GPU_COMPARE_RUN:-cmp}
+ORIG=/tmp/original   # built outside the carried tree: a carried path is replaced at every call
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "[gpu_compare] wheel install failed"; exit 1; }
@@ -29,22 +31,26 @@ if [ -d .whl ]; then
 fi
 if has build; then
   t0=$(date +%s)
-  (GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=1 OUT=$LOG bash scripts/gpu_check.sh > "$LOG/build_ours.log" 2>&1) &
-  p1=$!
+  p1=""
+  if [ "${GPU_COMPARE_SKIP_OURS_BUILD:-0}" != 1 ]; then
+    (GPU_CHECK_SKIP_BENCH=1 GPU_CHECK_SKIP_TESTS=1 OUT=$LOG bash scripts/gpu_check.sh > "$LOG/build_ours.log" 2>&1) &
+    p1=$!
+  fi
+  rm -rf $ORIG && cp -r .original $ORIG
   pids=()
   for pkg in diff-gaussian-rasterization simple-knn; do
-    (cd .original/submodules/$pkg && python3 setup.py -q build_ext --inplace > "$LOG/build_original_$pkg.log" 2>&1) &
+    (cd $ORIG/submodules/$pkg && python3 setup.py -q build_ext --inplace > "$LOG/build_original_$pkg.log" 2>&1) &
     pids+=($!)
   done
   ok=1
-  wait $p1 || { echo "[gpu_compare] our build failed"; tail -20 "$LOG/build_ours.log"; ok=0; }
+  [ -z "$p1" ] || wait $p1 || { echo "[gpu_compare] our build failed"; tail -20 "$LOG/build_ours.log"; ok=0; }
   for p in "${pids[@]}"; do wait "$p" || { echo "[gpu_compare] the original's build failed"; ok=0; }; done
   [ $ok = 1 ] || { tail -20 "$LOG"/build_original_*.log; exit 1; }
   echo "[gpu_compare] built both sides in $(( $(date +%s) - t0 )) s"
 fi
 if has subject; then
   t0=$(date +%s)
-  A=.original/flame_model/assets/flame
+  A=$ORIG/flame_model/assets/flame
   python3 -m flame_model.template_rig --obj $A/head_template_mesh.obj --texture $A/tex_mean_painted.png --out $RIG \
     > "$LOG/rig.log" 2>&1 || { cat "$LOG/rig.log"; exit 1; }
   # shellcheck disable=SC2086
@@ -56,7 +62,7 @@ fi
 if has compare; then
   left=$(( ${GPU_COMPARE_BUDGET_S:-540} - ($(date +%s) - t_start) ))
   # shellcheck disable=SC2086
-  eval "timeout $left python3 benchmarks/compare_original.py --original $ROOT/.original --subject $SUBJ \
+  eval "timeout $left python3 benchmarks/compare_original.py --original $ORIG --subject $SUBJ \
     --flame_dir $RIG --out $RUN --seeds ${GPU_COMPARE_SEEDS:-0 1 2 3 4} --parallel ${GPU_COMPARE_PARALLEL:-5} \
     ${GPU_COMPARE_SCHEDULE:+--schedule \"$GPU_COMPARE_SCHEDULE\"} ${GPU_COMPARE_ARGS:-}" > "$LOG/compare.log" 2>&1
   echo "[gpu_compare] compare rc=$? after $(( $(date +%s) - t_start )) s"
