@@ -380,3 +380,38 @@ def test_render_reports_frame_rates(avatar, capsys):
     # rate x printed seconds = 2 views, up to the rounding of the printed seconds (4 decimals)
     assert abs(total_fps * total_s - 2) <= total_fps * 0.00005 + 0.05
     assert abs(render_fps * render_s - 2) <= render_fps * 0.00005 + 0.05
+
+
+def test_render_a_model_folder_in_the_original_layout(avatar, tmp_path):
+    """A folder as the original code writes it (``Namespace(...)`` cfg_args without our fields, its
+    PLY and flame_param.npz keys) renders exactly as the same model in our own folder layout."""
+    import shutil
+
+    import render
+
+    src = avatar["model"]
+    p = avatar["params"]
+    orig = tmp_path / "original_model"
+    shutil.copytree(src / "point_cloud", orig / "point_cloud")
+    npz = next((orig / "point_cloud").glob("iteration_*/flame_param.npz"))
+    with np.load(npz) as data:
+        arrays = {k: np.asarray(data[k]) for k in ("shape", "expr", "rotation", "neck_pose", "jaw_pose",
+                                                     "eyes_pose", "translation", "static_offset")}
+    arrays["dynamic_offset"] = np.zeros((arrays["expr"].shape[0],) + arrays["static_offset"].shape[1:], np.float32)
+    npz.unlink()
+    np.savez(str(npz), **arrays)
+    (orig / "cfg_args").write_text(
+        f"Namespace(bind_to_mesh=True, data_device='cuda', disable_flame_static_offset=False, eval=True, "
+        f"images='images', model_path='{orig}', not_finetune_flame_params=False, resolution=-1, "
+        f"select_camera_id=-1, sh_degree={p.sh_degree}, source_path='{p.source_path}', target_path='', "
+        f"white_background=True)")
+    flame = ["--flame_model_path", p.flame_model_path, "--flame_masks_path", p.flame_masks_path]
+    for model in (src, orig):
+        assert render.main(["-m", str(model), "--skip_train", "--no_video", "--quiet", "--num_writers", "1"]
+                           + flame) == 0
+    for split in ("val", "test"):
+        ours = sorted((src / split / f"ours_{ITER}" / "renders").glob("*.png"))
+        theirs = sorted((orig / split / f"ours_{ITER}" / "renders").glob("*.png"))
+        assert ours and [q.name for q in ours] == [q.name for q in theirs]
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(_png(a), _png(b))
