@@ -198,6 +198,10 @@ class PipelineParams(ParamGroup):
             raise ValueError(f"--backend must be auto, cuda, cpu or reference, got {self.backend!r}")
 
 
+SPLIT_OFFSETS = ("local", "original")
+PRUNE_KEEP = ("most_opaque", "all")
+
+
 @dataclass
 class OptimizationParams(ParamGroup):
     """Optimizer, schedule and densification settings (GaussianAvatars defaults for NeRSemble)."""
@@ -232,6 +236,8 @@ class OptimizationParams(ParamGroup):
     lambda_laplacian: float = 0.0
     lambda_dynamic_offset_std: float = 0.0
     random_background: bool = False
+    split_offsets: str = "local"
+    prune_keep: str = "most_opaque"
 
     @classmethod
     def _field_help(cls) -> Dict[str, str]:
@@ -265,6 +271,12 @@ class OptimizationParams(ParamGroup):
             "lambda_laplacian": "weight of the mesh Laplacian regularizer",
             "lambda_dynamic_offset_std": "weight of the dynamic offset temporal std regularizer",
             "random_background": "train on random background colours",
+            "split_offsets": "split children of bound splats: 'local' samples the parent's Gaussian in its "
+                             "triangle frame (children spread like the parent); 'original' adds a sample of "
+                             "the world-space scale to the local position, as the original code does "
+                             "(children sit almost on the parent)",
+            "prune_keep": "when pruning would empty a triangle: 'most_opaque' keeps its most opaque marked "
+                          "splat; 'all' keeps all of its marked splats, as the original code does",
         }
 
     def validate(self) -> None:
@@ -276,6 +288,10 @@ class OptimizationParams(ParamGroup):
             raise ValueError(f"--densification_interval must be > 0, got {self.densification_interval}")
         if self.opacity_reset_interval <= 0:
             raise ValueError(f"--opacity_reset_interval must be > 0, got {self.opacity_reset_interval}")
+        if self.split_offsets not in SPLIT_OFFSETS:
+            raise ValueError(f"--split_offsets must be one of {', '.join(SPLIT_OFFSETS)}, got {self.split_offsets!r}")
+        if self.prune_keep not in PRUNE_KEEP:
+            raise ValueError(f"--prune_keep must be one of {', '.join(PRUNE_KEEP)}, got {self.prune_keep!r}")
 
 
 # ---------------------------------------------------------------------------------------------

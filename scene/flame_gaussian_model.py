@@ -603,12 +603,15 @@ class FlameGaussianModel(GaussianModel):
 
     def _adjust_prune_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Never empty a triangle: of a triangle whose splats are all marked, keep the one with
-        the highest opacity (lowest index on ties)."""
+        the highest opacity (lowest index on ties), or, with ``prune_keep == "all"`` (the
+        original's rule), all of them."""
         b = self.binding
         n = b.shape[0]
         pruned_per_face = self._count_bindings(b[mask])
         emptied = (self.binding_counter - pruned_per_face) <= 0  # (F,)
         candidate = mask & emptied[b]
+        if self.prune_keep == "all":
+            return mask & ~candidate
         opacity = self._opacity.detach().squeeze(-1)
         score = torch.where(candidate, opacity, torch.full_like(opacity, -torch.inf))
         best = torch.full((self.num_faces,), -torch.inf, device=self.device, dtype=score.dtype)

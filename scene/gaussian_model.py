@@ -75,6 +75,8 @@ class GaussianModel:
         self.denom = empty(0, 1)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.percent_dense = 0.0
+        self.split_offsets = "local"        # OptimizationParams.split_offsets
+        self.prune_keep = "most_opaque"     # OptimizationParams.prune_keep (bound splats)
         self.spatial_lr_scale = 0.0
         self.xyz_scheduler_args = None
         self.binding: Optional[torch.Tensor] = None  # set by mesh-bound subclasses
@@ -206,6 +208,8 @@ class GaussianModel:
         """Create the Adam optimizer (eps 1e-15) and the position lr schedule from
         ``OptimizationParams``; resets the densification statistics."""
         self.percent_dense = float(training_args.percent_dense)
+        self.split_offsets = str(getattr(training_args, "split_offsets", "local"))
+        self.prune_keep = str(getattr(training_args, "prune_keep", "most_opaque"))
         n = self.num_points
         self.xyz_gradient_accum = torch.zeros((n, 1), device=self.device)
         self.denom = torch.zeros((n, 1), device=self.device)
@@ -329,7 +333,10 @@ class GaussianModel:
     def densify_and_split(self, grads: torch.Tensor, grad_threshold: float, scene_extent: float, N: int = 2) -> None:
         """Replace large, high-gradient splats by ``N`` samples drawn from themselves, each
         scaled by ``1 / (0.8 N)``. Sampling happens in parameter space (the local triangle frame
-        for bound splats), where the splat's own scale and rotation define the Gaussian."""
+        for bound splats), where the splat's own scale and rotation define the Gaussian; with
+        ``split_offsets == "original"`` the sample's standard deviation is the world-space scale
+        (``get_scaling``) while it is still added to the parameter-space position, as the original
+        code does (for bound splats the children then sit almost on the parent)."""
         n_init = self.num_points
         padded = torch.zeros(n_init, device=self.device)
         padded[: grads.shape[0]] = grads.squeeze(-1)
@@ -338,7 +345,9 @@ class GaussianModel:
         )
         idx = selected.nonzero(as_tuple=True)[0]
         with torch.no_grad():
-            stds = self.scaling_activation(self._scaling[idx]).repeat(N, 1)
+            scale_of_samples = self.get_scaling[idx] if self.split_offsets == "original" else \
+                self.scaling_activation(self._scaling[idx])
+            stds = scale_of_samples.repeat(N, 1)
             samples = torch.normal(mean=torch.zeros_like(stds), std=stds)
             rots = build_rotation(self._rotation[idx]).repeat(N, 1, 1)
             new_xyz = torch.bmm(rots, samples.unsqueeze(-1)).squeeze(-1) + self._xyz[idx].repeat(N, 1)

@@ -546,3 +546,59 @@ def test_per_iteration_path_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss).item()
+
+
+def test_split_offsets_original_adds_world_scale_samples_to_the_local_position():
+    """--split_offsets original: child = parent local position + R_local N(0, world scale), so in
+    the triangle frame the children spread by the world scale (k_t times the local one)."""
+    torch.manual_seed(2)
+    g = make_model()
+    g.percent_dense = 0.01
+    g.split_offsets = "original"
+    M = 3000
+    idx = torch.zeros(M, dtype=torch.long)
+    q = torch.tensor([0.8, 0.3, -0.4, 0.2])
+    local_scale = torch.tensor([0.5, 0.2, 0.1])
+    with torch.no_grad():
+        g._scaling[0] = torch.log(local_scale)
+        g._rotation[0] = q
+        g._xyz[0] = torch.tensor([0.1, -0.2, 0.3])
+    g.densification_postfix({n: getattr(g, a)[idx].detach() for n, a in SPLAT_PARAM_GROUPS.items()}, idx)
+    parent_local = g._xyz[0].detach().clone()
+    k = float(g.face_scaling[0, 0])
+    grads = torch.zeros(g.num_points, 1)
+    grads[g.binding == 0] = 1.0
+    g.densify_and_split(grads, 0.5, scene_extent=1e-3)
+    offsets = (g._xyz[g.binding == 0].detach() - parent_local).double()
+    R = build_rotation(q[None])[0].double()
+    L = R @ torch.diag(local_scale.double() * k)          # world-scale std in the local frame
+    cov_expected = (L @ L.T).numpy()
+    cov = np.cov(offsets.numpy().T)
+    assert np.abs(cov - cov_expected).max() < 0.08 * np.abs(cov_expected).max()
+    # the scale of the children is the same under both rules: local scale / (0.8 N)
+    np.testing.assert_allclose(g.scaling_activation(g._scaling[g.binding == 0]).detach().numpy(),
+                               (local_scale / 1.6).expand(2 * (M + 1), 3).numpy(), rtol=1e-5)
+
+
+def test_prune_keep_all_keeps_every_marked_splat_of_a_triangle_that_would_empty():
+    g = make_model()
+    setup_training(g)
+    g.prune_keep = "all"
+    idx = torch.arange(g.num_faces).repeat(2)           # 3 splats per face
+    new = {name: getattr(g, attr)[idx].detach().clone() for name, attr in SPLAT_PARAM_GROUPS.items()}
+    g.densification_postfix(new, idx)
+    mask = (g.binding == 0) | (g.binding == 2)            # every splat of faces 0 and 2 ...
+    mask |= (g.binding == 1) & (torch.arange(g.num_points) == (g.binding == 1).nonzero()[0, 0])  # ... and one of face 1
+    g.prune_points(mask)
+    assert g.binding_counter.tolist() == [3, 2, 3, 3, 3]
+    assert torch.equal(torch.bincount(g.binding, minlength=g.num_faces), g.binding_counter)
+
+
+def test_split_and_prune_rules_are_validated():
+    from arguments import OptimizationParams
+
+    with pytest.raises(ValueError, match="--split_offsets"):
+        OptimizationParams(split_offsets="world").validate()
+    with pytest.raises(ValueError, match="--prune_keep"):
+        OptimizationParams(prune_keep="none").validate()
+    OptimizationParams(split_offsets="original", prune_keep="all").validate()
