@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from flame_model.flame import FlameHead
-from flame_model.procedural import write_assets
 from flame_model.teeth import (FLAME_LIP_RINGS, FLAME_NUM_VERTS, LipRings, N_COLUMNS, build_teeth,
                                original_teeth_faces)
 
@@ -16,17 +15,8 @@ BLOCKS = ["upper_root", "lower_root", "upper_edge", "lower_edge",
           "upper_root_back", "upper_edge_back", "lower_root_back", "lower_edge_back"]
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teeth_head")
-    write_assets(out, seed=2, with_texture=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def flame(assets):
-    return FlameHead(300, 100, flame_model_path=assets / "flame2023.pkl",
-                     flame_masks_path=assets / "FLAME_masks.pkl")
+# the procedural head and its FLAME model, shared with test_flame.py
+from test_flame import assets, flame  # noqa: E402,F401
 
 
 def zero_params(B=1):
